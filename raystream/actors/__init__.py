@@ -1,0 +1,1 @@
+"""Ray actors (brokers, partition leaders, coordinators) built on top of raystream.storage."""

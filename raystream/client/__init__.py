@@ -1,0 +1,1 @@
+"""Client-side API (producers, consumers, admin) that talks to raystream actors."""

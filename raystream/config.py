@@ -1,0 +1,112 @@
+"""Topic (and log) configuration with Kafka's names and defaults.
+
+Users write Kafka's dotted names (``retention.ms``); code reads the attribute form (``retention_ms``).
+Both spellings are accepted on input. Values are validated here, once, so the storage layer can trust
+them; a bad value raises :class:`~raystream.errors.InvalidConfigurationError` naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+from raystream.errors import InvalidConfigurationError
+
+NO_LIMIT = -1
+#: Kafka's Long.MAX_VALUE default for flush.messages / flush.ms, meaning "leave flushing to the OS".
+LONG_MAX = 2**63 - 1
+
+CLEANUP_POLICIES = ("delete", "compact", "compact,delete")
+TIMESTAMP_TYPES = ("CreateTime", "LogAppendTime")
+
+
+@dataclasses.dataclass(frozen=True)
+class TopicConfig:
+    """One topic's configuration; every partition log of the topic uses it. Immutable value object."""
+
+    retention_ms: int = 7 * 24 * 3600 * 1000
+    retention_bytes: int = NO_LIMIT
+    segment_bytes: int = 1 << 30
+    segment_ms: int = 7 * 24 * 3600 * 1000
+    cleanup_policy: str = "delete"
+    min_insync_replicas: int = 1
+    max_message_bytes: int = 1048588
+    delete_retention_ms: int = 24 * 3600 * 1000
+    unclean_leader_election_enable: bool = False
+    flush_messages: int = LONG_MAX
+    flush_ms: int = LONG_MAX
+    index_interval_bytes: int = 4096
+    message_timestamp_type: str = "CreateTime"
+
+    @property
+    def compact(self) -> bool:
+        return "compact" in self.cleanup_policy
+
+    @property
+    def delete(self) -> bool:
+        return "delete" in self.cleanup_policy
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any] | None = None, base: TopicConfig | None = None) -> TopicConfig:
+        """Build a config from Kafka (``retention.ms``) or attribute (``retention_ms``) names over ``base``."""
+        current = dataclasses.asdict(base or cls())
+        for raw_key, value in (values or {}).items():
+            if not isinstance(raw_key, str):
+                raise InvalidConfigurationError(f"config keys must be strings, got {raw_key!r}")
+            key = raw_key.replace(".", "_")
+            if key not in current:
+                raise InvalidConfigurationError(f"unknown topic config {raw_key!r}", key=raw_key)
+            current[key] = _coerce(raw_key, value, type(current[key]))
+        config = cls(**current)
+        config.validate()
+        return config
+
+    def to_dict(self) -> dict[str, Any]:
+        """Kafka-named view, for describe output and the metadata log."""
+        return {k.replace("_", "."): v for k, v in dataclasses.asdict(self).items()}
+
+    def validate(self) -> None:
+        positive = ("segment_bytes", "segment_ms", "max_message_bytes", "flush_messages", "flush_ms",
+                    "min_insync_replicas", "index_interval_bytes")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise InvalidConfigurationError(f"{name.replace('_', '.')} must be >= 1, got {getattr(self, name)}")
+        for name in ("retention_ms", "retention_bytes"):
+            if getattr(self, name) < NO_LIMIT:
+                raise InvalidConfigurationError(f"{name.replace('_', '.')} must be >= -1 (-1: no limit)")
+        if self.delete_retention_ms < 0:
+            raise InvalidConfigurationError("delete.retention.ms must be >= 0")
+        if self.segment_bytes < 14:
+            raise InvalidConfigurationError("segment.bytes must be >= 14")
+        if self.cleanup_policy not in CLEANUP_POLICIES:
+            raise InvalidConfigurationError(
+                f"cleanup.policy must be one of {CLEANUP_POLICIES}, got {self.cleanup_policy!r}")
+        if self.message_timestamp_type not in TIMESTAMP_TYPES:
+            raise InvalidConfigurationError(
+                f"message.timestamp.type must be one of {TIMESTAMP_TYPES}, got {self.message_timestamp_type!r}")
+
+
+def _coerce(key: str, value: Any, target: type) -> Any:
+    """Accept what Kafka tools accept: ints as strings, booleans as 'true'/'false', policies as lists."""
+    try:
+        if target is bool:
+            if isinstance(value, str) and value.lower() in ("true", "false"):
+                return value.lower() == "true"
+            if isinstance(value, bool):
+                return value
+            raise ValueError(value)
+        if target is int:
+            if isinstance(value, bool) or isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(value)
+        if target is str:
+            if isinstance(value, (list, tuple)):
+                value = ",".join(value)
+            if not isinstance(value, str):
+                raise ValueError(value)
+            return value.replace(" ", "")
+    except (TypeError, ValueError):
+        raise InvalidConfigurationError(
+            f"invalid value {value!r} for {key}: expected {target.__name__}", key=key) from None
+    raise AssertionError(f"unhandled config type {target}")

@@ -1,0 +1,276 @@
+"""Stored record batches: the on-disk form of one batch and its header.
+
+A segment file is an Arrow IPC *stream*: one schema message, then one record-batch message per batch
+(no end-of-stream marker, so the file can grow; pyarrow's stream reader reads it as it is). A stored
+batch's columns are the system columns ``_offset`` and ``_timestamp`` (int64, one value per row) followed
+by the user's columns. What Kafka keeps in its RecordBatch header travels in the IPC message's
+``custom_metadata`` (key ``raystream.batch``, a msgpack array), so the log can be rebuilt from the data
+files alone and any Arrow tool can read them.
+
+The checksum (CRC-32C, key ``raystream.crc``, 8 hex digits) covers the *whole* message — framing,
+flatbuffer metadata (with the checksum's own 8 bytes read as ``b"00000000"``) and body — so a flipped byte
+anywhere, including in the buffer layout, is caught. Writing needs a single serialisation: the message is
+serialised with the placeholder, checksummed, and the 8 digits are patched in place.
+
+Pure functions and value objects; thread-safe.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import struct
+
+import crc32c
+import msgpack
+import pyarrow as pa
+from flatbuffers import encode
+from flatbuffers import number_types as fb_types
+from flatbuffers import table as fb_table
+
+from raystream.errors import CorruptRecordError
+
+OFFSET_COLUMN = "_offset"
+TIMESTAMP_COLUMN = "_timestamp"
+SYSTEM_FIELDS = (pa.field(OFFSET_COLUMN, pa.int64(), nullable=False),
+                 pa.field(TIMESTAMP_COLUMN, pa.int64(), nullable=False))
+SYSTEM_COLUMNS = (OFFSET_COLUMN, TIMESTAMP_COLUMN)
+
+HEADER_KEY = b"raystream.batch"
+CRC_KEY = b"raystream.crc"
+CRC_PLACEHOLDER = b"00000000"
+FORMAT_VERSION = 1
+
+#: Bytes of IPC framing before the flatbuffer metadata: continuation marker + int32 metadata length.
+FRAME_PREFIX_BYTES = 8
+_CONTINUATION = 0xFFFFFFFF
+_RECORD_BATCH_HEADER_TYPE = 3  # org.apache.arrow.flatbuf.MessageHeader.RecordBatch
+
+# Attribute bits, as in Kafka's RecordBatch.
+ATTR_LOG_APPEND_TIME = 1 << 3
+ATTR_TRANSACTIONAL = 1 << 4
+ATTR_CONTROL = 1 << 5
+
+NO_PRODUCER_ID = -1
+NO_PRODUCER_EPOCH = -1
+NO_SEQUENCE = -1
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchHeader:
+    """What Kafka's RecordBatch header carries. ``last_offset_delta`` survives compaction even when
+    records are removed, so a batch keeps covering its original offset range."""
+
+    base_offset: int
+    last_offset_delta: int
+    record_count: int
+    first_timestamp: int
+    max_timestamp: int
+    leader_epoch: int
+    producer_id: int = NO_PRODUCER_ID
+    producer_epoch: int = NO_PRODUCER_EPOCH
+    base_sequence: int = NO_SEQUENCE
+    attributes: int = 0
+    schema_id: int = 0
+
+    @property
+    def last_offset(self) -> int:
+        return self.base_offset + self.last_offset_delta
+
+    @property
+    def next_offset(self) -> int:
+        return self.last_offset + 1
+
+    @property
+    def is_transactional(self) -> bool:
+        return bool(self.attributes & ATTR_TRANSACTIONAL)
+
+    @property
+    def is_control(self) -> bool:
+        return bool(self.attributes & ATTR_CONTROL)
+
+    @property
+    def last_sequence(self) -> int:
+        if self.base_sequence < 0:
+            return NO_SEQUENCE
+        return self.base_sequence + self.last_offset_delta
+
+    def pack(self) -> bytes:
+        return msgpack.packb([FORMAT_VERSION, *dataclasses.astuple(self)])
+
+    @classmethod
+    def unpack(cls, data: bytes) -> BatchHeader:
+        fields = msgpack.unpackb(data)
+        if not isinstance(fields, list) or not fields or fields[0] != FORMAT_VERSION:
+            raise CorruptRecordError(f"unknown batch header format {fields!r:.80}")
+        return cls(*fields[1:])
+
+
+@dataclasses.dataclass(frozen=True)
+class StoredBatch:
+    """A batch as the log keeps it: header plus an Arrow batch whose first columns are the system columns
+    (unless a read projected them away)."""
+
+    header: BatchHeader
+    data: pa.RecordBatch
+
+    @property
+    def base_offset(self) -> int:
+        return self.header.base_offset
+
+    @property
+    def last_offset(self) -> int:
+        return self.header.last_offset
+
+
+def stored_schema(user_schema: pa.Schema) -> pa.Schema:
+    """The stored schema for a user schema: system columns first."""
+    return pa.schema(list(SYSTEM_FIELDS) + list(user_schema), metadata=user_schema.metadata)
+
+
+def user_schema_of(schema: pa.Schema) -> pa.Schema:
+    return pa.schema([f for f in schema if f.name not in SYSTEM_COLUMNS], metadata=schema.metadata)
+
+
+# -- encoding ----------------------------------------------------------------------------------------------
+class BatchEncoder:
+    """Serialises stored batches of one schema to IPC messages. Not thread-safe (cheap: make one per owner)."""
+
+    def __init__(self, schema: pa.Schema) -> None:
+        self.schema = schema
+        self.schema_message = schema.serialize()
+
+    def encode(self, batch: StoredBatch) -> list:
+        """Return the complete IPC message (framing, metadata, body) with its checksum filled in, as two
+        parts — patched metadata (bytes) and body (pa.Buffer) — so a writer can ``writev`` them: the body,
+        nearly all the bytes, is never copied again."""
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, self.schema) as writer:
+            writer.write_batch(batch.data, custom_metadata={HEADER_KEY: batch.header.pack(),
+                                                             CRC_KEY: CRC_PLACEHOLDER})
+        stream = sink.getvalue()
+        # The stream is schema message + our message + 8-byte end-of-stream marker.
+        message = stream.slice(self.schema_message.size, stream.size - self.schema_message.size - 8)
+        frame = parse_frame(message)
+        checksum = crc32c.crc32c(message)
+        patched = bytearray(memoryview(message)[:frame.metadata_end])
+        patched[frame.crc_start:frame.crc_start + 8] = b"%08x" % checksum
+        return [bytes(patched), message.slice(frame.metadata_end)]
+
+
+# -- decoding ----------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Frame:
+    """Where the parts of one IPC message lie, relative to the message start."""
+
+    metadata_end: int  # framing + flatbuffer metadata (padded)
+    body_length: int
+    header_bytes: bytes
+    crc_hex: bytes
+    crc_start: int
+
+    @property
+    def total_length(self) -> int:
+        return self.metadata_end + self.body_length
+
+
+_PREFIX = struct.Struct("<Ii")
+
+
+def read_prefix(data) -> int:
+    """Metadata length from the 8 framing bytes; raises CorruptRecordError on a bad marker."""
+    if len(data) < FRAME_PREFIX_BYTES:
+        raise CorruptRecordError("truncated message framing")
+    marker, metadata_length = _PREFIX.unpack_from(data, 0)
+    if marker != _CONTINUATION or metadata_length <= 0 or metadata_length % 8:
+        raise CorruptRecordError(f"bad message framing (marker={marker:#x}, metadata_length={metadata_length})")
+    return metadata_length
+
+
+def parse_frame(message) -> Frame:
+    """Parse the framing and the flatbuffer metadata at the start of ``message`` (any buffer).
+
+    Only the metadata part must be present, so a caller can parse before it knows the body is complete.
+    """
+    metadata_length = read_prefix(message)
+    metadata_end = FRAME_PREFIX_BYTES + metadata_length
+    if len(message) < metadata_end:
+        raise CorruptRecordError("truncated message metadata")
+    meta = memoryview(message)[FRAME_PREFIX_BYTES:metadata_end].tobytes()
+    try:
+        root = encode.Get(fb_types.UOffsetTFlags.packer_type, meta, 0)
+        tab = fb_table.Table(meta, root)
+        header_type = tab.Get(fb_types.Uint8Flags, tab.Offset(6) + tab.Pos) if tab.Offset(6) else 0
+        body_length = tab.Get(fb_types.Int64Flags, tab.Offset(10) + tab.Pos) if tab.Offset(10) else 0
+        custom = _custom_metadata(tab)
+    except (IndexError, struct.error) as exc:
+        raise CorruptRecordError(f"unreadable message metadata: {exc}") from None
+    if header_type != _RECORD_BATCH_HEADER_TYPE:
+        raise CorruptRecordError(f"message is not a record batch (header type {header_type})")
+    if body_length < 0 or body_length % 8:
+        raise CorruptRecordError(f"bad body length {body_length}")
+    if HEADER_KEY not in custom or CRC_KEY not in custom:
+        raise CorruptRecordError("record batch without raystream header")
+    header_bytes, _ = custom[HEADER_KEY]
+    crc_hex, crc_start = custom[CRC_KEY]
+    if len(crc_hex) != 8:
+        raise CorruptRecordError("bad checksum field")
+    return Frame(metadata_end, body_length, header_bytes, crc_hex, FRAME_PREFIX_BYTES + crc_start)
+
+
+def _custom_metadata(tab: fb_table.Table) -> dict[bytes, tuple[bytes, int]]:
+    """Message.custom_metadata (field 4) as {key: (value, value position in the metadata)}."""
+    out: dict[bytes, tuple[bytes, int]] = {}
+    offset = tab.Offset(12)
+    if not offset:
+        return out
+    vector = tab.Vector(offset)
+    for i in range(tab.VectorLen(offset)):
+        kv = fb_table.Table(tab.Bytes, tab.Indirect(vector + 4 * i))
+        key_off, value_off = kv.Offset(4), kv.Offset(6)
+        if not key_off or not value_off:
+            continue
+        key = kv.String(key_off + kv.Pos)
+        value_pos = value_off + kv.Pos
+        value_pos += encode.Get(fb_types.UOffsetTFlags.packer_type, tab.Bytes, value_pos)
+        length = encode.Get(fb_types.UOffsetTFlags.packer_type, tab.Bytes, value_pos)
+        start = value_pos + 4
+        out[key] = (bytes(tab.Bytes[start:start + length]), start)
+    return out
+
+
+def checksum_of(message: pa.Buffer, frame: Frame) -> int:
+    """CRC-32C of the message with the checksum digits read as the placeholder."""
+    prefix = bytearray(memoryview(message)[:frame.metadata_end])
+    prefix[frame.crc_start:frame.crc_start + 8] = CRC_PLACEHOLDER
+    return crc32c.crc32c(message.slice(frame.metadata_end, frame.body_length), crc32c.crc32c(prefix))
+
+
+def decode(message: pa.Buffer, schema: pa.Schema, frame: Frame | None = None,
+           verify: bool = False) -> StoredBatch:
+    """Decode one complete message (zero-copy: the batch's buffers point into ``message``)."""
+    frame = frame or parse_frame(message)
+    if message.size < frame.total_length:
+        raise CorruptRecordError("truncated message body")
+    if verify:
+        expected = int(frame.crc_hex, 16) if _is_hex(frame.crc_hex) else -1
+        actual = checksum_of(message, frame)
+        if actual != expected:
+            raise CorruptRecordError(f"checksum mismatch: stored {frame.crc_hex.decode(errors='replace')}, "
+                                     f"computed {actual:08x}")
+    header = BatchHeader.unpack(frame.header_bytes)
+    try:
+        data = pa.ipc.read_record_batch(pa.ipc.read_message(message.slice(0, frame.total_length)), schema)
+    except (pa.ArrowInvalid, pa.ArrowIOError, pa.ArrowTypeError) as exc:
+        raise CorruptRecordError(f"undecodable batch at offset {header.base_offset}: {exc}") from None
+    if data.num_rows != header.record_count:
+        raise CorruptRecordError(f"batch at offset {header.base_offset} has {data.num_rows} rows, "
+                                 f"header says {header.record_count}")
+    return StoredBatch(header, data)
+
+
+def _is_hex(value: bytes) -> bool:
+    try:
+        int(value, 16)
+    except ValueError:
+        return False
+    return True
