@@ -1,6 +1,12 @@
-"""Command-line interface for raystream."""
+"""Command-line interface for raystream (``raystream --help``).
+
+Errors print one line on stderr and exit non-zero; no tracebacks for expected failures.
+"""
 
 from __future__ import annotations
+
+import json
+import sys
 
 import click
 
@@ -14,6 +20,35 @@ def main() -> None:
 
     Run `raystream COMMAND --help` for help on a specific command.
     """
+
+
+@main.command("dump-log")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+def dump_log_command(directory: str, as_json: bool) -> None:
+    """Print every batch of a partition log directory (like kafka-dump-log)."""
+    from raystream.storage.dump import dump_log
+
+    bad = 0
+    for entry in dump_log(directory):
+        if entry.get("error") or entry.get("crc_valid") is False:
+            bad += 1
+        if as_json:
+            click.echo(json.dumps(entry))
+        elif entry["kind"] == "segment":
+            click.echo(f"Dumping {entry['file']} ({entry.get('size', '?')} bytes) "
+                       f"schema: {', '.join(entry.get('schema', []))}{entry.get('error', '')}")
+        elif "error" in entry:
+            click.echo(f"position: {entry['position']} ERROR: {entry['error']}")
+        else:
+            click.echo(
+                "baseOffset: {base_offset} lastOffset: {last_offset} count: {count} baseSequence: "
+                "{base_sequence} producerId: {producer_id} producerEpoch: {producer_epoch} partitionLeaderEpoch: "
+                "{leader_epoch} isTransactional: {is_transactional} isControl: {is_control} position: {position} "
+                "CreateTime: {max_timestamp} size: {size} crc: {crc} isvalid: {crc_valid}".format(**entry))
+    if bad:
+        click.echo(f"{bad} invalid batch(es) found", err=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":
