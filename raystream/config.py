@@ -110,3 +110,29 @@ def _coerce(key: str, value: Any, target: type) -> Any:
         raise InvalidConfigurationError(
             f"invalid value {value!r} for {key}: expected {target.__name__}", key=key) from None
     raise AssertionError(f"unhandled config type {target}")
+
+
+@dataclasses.dataclass(frozen=True)
+class BrokerConfig:
+    """Cluster-wide (broker) settings, Kafka's names and defaults unless noted."""
+
+    replica_lag_time_max_ms: int = 30000
+    replica_fetch_max_bytes: int = 1048576
+    request_timeout_ms: int = 30000
+    #: Kafka's replica.fetch.backoff.ms is 1000; a push replicator retries a dead follower sooner.
+    replica_retry_backoff_ms: int = 100
+    log_retention_check_interval_ms: int = 300000
+    default_replication_factor: int = 1
+    num_partitions: int = 1
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any] | None = None) -> BrokerConfig:
+        current = dataclasses.asdict(cls())
+        for raw_key, value in (values or {}).items():
+            key = str(raw_key).replace(".", "_")
+            if key not in current:
+                raise InvalidConfigurationError(f"unknown broker config {raw_key!r}", key=raw_key)
+            current[key] = _coerce(raw_key, value, int)
+            if current[key] < 1:
+                raise InvalidConfigurationError(f"{raw_key} must be >= 1, got {value!r}")
+        return cls(**current)

@@ -1,0 +1,311 @@
+"""The controller actor: cluster metadata, broker registry, replica placement, ISR changes.
+
+One detached named actor per raystream cluster (namespace ``raystream``), pinned to the node that started
+it (its metadata log lives on that node's disk) and restarted by Ray after a crash (``max_restarts=-1``):
+it replays its metadata log and re-sends every replica its role, so nothing is lost.
+
+Brokers: a broker is a stable id kept in ``<data_dir>/<cluster>/meta.properties`` on each node (as Kafka's
+``meta.properties``); the controller maps it to the node's current Ray node id at start, so a new Ray
+cluster on the same data directories finds every topic and record again. A node's data directory is its
+``RAYSTREAM_DATA_DIR`` if set, else the cluster's ``data_dir``.
+
+Concurrency: an async actor; metadata changes are serialised by ``self._lock`` (one change at a time,
+appended to the metadata log before it is applied); reads need no lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from raystream.config import BrokerConfig, TopicConfig
+from raystream.core.metadata import ClusterMetadata, TopicState
+from raystream.core.names import partition_dir_name, validate_topic_name
+from raystream.core.placement import assign_replicas
+from raystream.errors import (
+    FencedLeaderEpochError,
+    InvalidPartitionsError,
+    TopicAlreadyExistsError,
+    UnknownTopicOrPartitionError,
+)
+from raystream.protocol import (
+    ACTOR_NAMESPACE,
+    BrokerInfo,
+    PartitionInfo,
+    PartitionState,
+    TopicDescription,
+    TopicMetadata,
+    controller_actor_name,
+    replica_actor_name,
+)
+
+log = logging.getLogger(__name__)
+METADATA_DIR = "__controller"
+METADATA_LOG = "metadata.log"
+META_PROPERTIES = "meta.properties"
+
+
+@ray.remote(num_cpus=0)
+def register_broker(cluster: str, default_data_dir: str, proposed_id: int) -> tuple[int, str]:
+    """Runs on one node: read (or create) that node's stable broker id. Returns (broker id, data dir)."""
+    data_dir = os.environ.get("RAYSTREAM_DATA_DIR") or default_data_dir
+    root = Path(data_dir) / cluster
+    root.mkdir(parents=True, exist_ok=True)
+    meta = root / META_PROPERTIES
+    if meta.exists():
+        props = dict(line.split("=", 1) for line in meta.read_text().splitlines() if "=" in line)
+        return int(props["broker.id"]), data_dir
+    tmp = meta.with_suffix(".tmp")
+    tmp.write_text(f"broker.id={proposed_id}\ncluster={cluster}\n")
+    os.replace(tmp, meta)
+    return proposed_id, data_dir
+
+
+class Controller:
+    def __init__(self, cluster: str, data_dir: str, broker_config: dict[str, Any] | None = None) -> None:
+        self.cluster = cluster
+        self.data_dir = data_dir
+        self.broker_config = BrokerConfig.from_dict(broker_config)
+        self.metadata = ClusterMetadata()
+        self._dir = Path(data_dir) / cluster / METADATA_DIR
+        self._dir.mkdir(parents=True, exist_ok=True)
+        self._log_path = self._dir / METADATA_LOG
+        self._replay()
+        self._log_file = open(self._log_path, "ab")  # noqa: SIM115 - held for the actor's lifetime
+        self._lock: asyncio.Lock | None = None
+        self._started = False
+        log.info("controller %s replayed %d topics, %d brokers", cluster, len(self.metadata.topics),
+                 len(self.metadata.brokers))
+
+    # -- metadata log ------------------------------------------------------------------------------------------
+    def _replay(self) -> None:
+        if not self._log_path.exists():
+            return
+        good = 0
+        with open(self._log_path, "rb") as f:
+            unpacker = msgpack.Unpacker(f, raw=False, strict_map_key=False)
+            try:
+                for record in unpacker:
+                    self.metadata.apply(record)
+                    good = unpacker.tell()
+            except (msgpack.OutOfData, ValueError, KeyError) as exc:
+                log.warning("metadata log has a torn tail after byte %d: %s", good, exc)
+        if good < self._log_path.stat().st_size:
+            os.truncate(self._log_path, good)
+
+    def _record(self, record: dict[str, Any]) -> None:
+        """Persist then apply one change (the write-ahead rule)."""
+        self._log_file.write(msgpack.packb(record))
+        self._log_file.flush()
+        os.fsync(self._log_file.fileno())
+        self.metadata.apply(record)
+
+    def _lock_(self) -> asyncio.Lock:
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        return self._lock
+
+    # -- start-up -----------------------------------------------------------------------------------------------
+    async def start(self) -> dict[int, BrokerInfo]:
+        """Register the brokers of all live nodes and (re)assert every replica's role. Idempotent."""
+        async with self._lock_():
+            await self._register_brokers()
+            if not self._started:
+                self._started = True
+                await asyncio.gather(*(self._ensure_replicas(t) for t in list(self.metadata.topics.values())))
+            return dict(self.metadata.brokers)
+
+    async def _register_brokers(self) -> None:
+        nodes = [n for n in ray.nodes() if n["Alive"]]
+        proposed = self.metadata.next_broker_id
+        calls = []
+        for i, node in enumerate(nodes):
+            strategy = NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)
+            calls.append(register_broker.options(scheduling_strategy=strategy).remote(
+                self.cluster, self.data_dir, proposed + i))
+        results = await asyncio.gather(*calls)
+        alive_ids = set()
+        for node, (broker_id, data_dir) in zip(nodes, results, strict=True):
+            alive_ids.add(broker_id)
+            known = self.metadata.brokers.get(broker_id)
+            if known is None or known.node_id != node["NodeID"] or known.data_dir != data_dir:
+                self._record(ClusterMetadata.broker_record(broker_id, node["NodeID"], data_dir))
+        for broker_id, info in list(self.metadata.brokers.items()):
+            alive = broker_id in alive_ids
+            if info.alive != alive:
+                self.metadata.brokers[broker_id] = BrokerInfo(info.broker_id, info.node_id, info.data_dir, alive)
+
+    def _live_brokers(self) -> list[int]:
+        return sorted(b for b, info in self.metadata.brokers.items() if info.alive)
+
+    # -- replicas -----------------------------------------------------------------------------------------------
+    def _replica_handle(self, topic: str, partition: int, broker_id: int, create: bool = True):
+        name = replica_actor_name(self.cluster, topic, partition, broker_id)
+        if not create:
+            return ray.get_actor(name, namespace=ACTOR_NAMESPACE)
+        from raystream.actors.replica import PartitionReplica
+
+        state = self.metadata.topics[topic]
+        broker = self.metadata.brokers[broker_id]
+        log_dir = str(Path(broker.data_dir) / self.cluster / partition_dir_name(topic, partition))
+        return ray.remote(PartitionReplica).options(
+            name=name, namespace=ACTOR_NAMESPACE, get_if_exists=True, lifetime="detached",
+            num_cpus=0, max_restarts=-1, max_task_retries=0,
+            scheduling_strategy=NodeAffinitySchedulingStrategy(broker.node_id, soft=False),
+        ).remote(self.cluster, topic, partition, broker_id, log_dir, state.config, state.schema,
+                 state.key_column, controller_actor_name(self.cluster), vars(self.broker_config))
+
+    async def _ensure_replicas(self, topic: TopicState, partitions: list[int] | None = None) -> None:
+        """Create (or find) the replica actors of ``partitions`` concurrently and send them their roles."""
+        parts = [topic.partitions[p] for p in (partitions if partitions is not None else sorted(topic.partitions))]
+        calls = []
+        for state in parts:
+            for broker in state.replicas:
+                if not self.metadata.brokers.get(broker, BrokerInfo(broker, "", "", False)).alive:
+                    continue
+                handle = self._replica_handle(topic.name, state.partition, broker)
+                calls.append(self._send_role(handle, state, broker))
+        await asyncio.gather(*calls)
+
+    @staticmethod
+    async def _send_role(handle, state: PartitionState, broker: int) -> None:
+        if broker == state.leader:
+            await handle.become_leader.remote(state.leader_epoch, list(state.replicas), list(state.isr),
+                                              state.partition_epoch)
+        else:
+            await handle.become_follower.remote(state.leader_epoch, state.leader, list(state.replicas))
+
+    # -- topics ---------------------------------------------------------------------------------------------------
+    async def create_topic(self, name: str, partitions: int, replication_factor: int,
+                           config: dict[str, Any] | None = None, schema_bytes: bytes | None = None,
+                           key_column: str | None = None) -> TopicMetadata:
+        validate_topic_name(name)
+        if not isinstance(partitions, int) or isinstance(partitions, bool) or partitions < 1:
+            raise InvalidPartitionsError(f"partitions must be an int >= 1, got {partitions!r}")
+        topic_config = TopicConfig.from_dict(config).to_dict()
+        async with self._lock_():
+            if name in self.metadata.topics:
+                raise TopicAlreadyExistsError(f"topic {name!r} already exists")
+            await self._register_brokers()
+            brokers = self._live_brokers()
+            assignment = assign_replicas(brokers, range(partitions), replication_factor,
+                                         start_index=len(self.metadata.topics))
+            self._record(ClusterMetadata.topic_record(name, topic_config, schema_bytes, key_column, assignment))
+            await self._ensure_replicas(self.metadata.topics[name])
+            return self.metadata.topics[name].to_metadata()
+
+    async def create_partitions(self, name: str, total: int) -> TopicMetadata:
+        async with self._lock_():
+            topic = self._topic(name)
+            current = len(topic.partitions)
+            if not isinstance(total, int) or total <= current:
+                raise InvalidPartitionsError(f"topic {name!r} has {current} partitions; the new total must be "
+                                             f"larger, got {total!r}")
+            rf = len(topic.partitions[0].replicas)
+            assignment = assign_replicas(self._live_brokers(), range(current, total), rf)
+            self._record({"t": "partitions", "name": name, "assignment": {p: list(r) for p, r in assignment.items()}})
+            await self._ensure_replicas(topic, list(range(current, total)))
+            return topic.to_metadata()
+
+    async def delete_topic(self, name: str) -> None:
+        async with self._lock_():
+            topic = self._topic(name)
+            self._record({"t": "delete", "name": name})
+            calls = []
+            for state in topic.partitions.values():
+                for broker in state.replicas:
+                    calls.append(self._stop_replica(name, state.partition, broker))
+            await asyncio.gather(*calls)
+
+    async def _stop_replica(self, topic: str, partition: int, broker: int) -> None:
+        try:
+            handle = self._replica_handle(topic, partition, broker, create=False)
+        except ValueError:
+            return  # never created or already gone
+        try:
+            await handle.shutdown.remote(delete=True)
+        except Exception as exc:  # a dead replica's directory stays; it is not in the metadata any more
+            log.warning("replica %s-%d on broker %d did not shut down cleanly: %s", topic, partition, broker, exc)
+        ray.kill(handle, no_restart=True)
+
+    async def alter_topic_config(self, name: str, config: dict[str, Any]) -> dict[str, Any]:
+        async with self._lock_():
+            topic = self._topic(name)
+            merged = TopicConfig.from_dict(config, base=TopicConfig.from_dict(topic.config)).to_dict()
+            self._record({"t": "config", "name": name, "config": merged})
+            calls = [self._replica_handle(name, s.partition, b, create=False).update_config.remote(merged)
+                     for s in topic.partitions.values() for b in s.replicas
+                     if self.metadata.brokers[b].alive]
+            await asyncio.gather(*calls, return_exceptions=True)
+            return merged
+
+    def _topic(self, name: str) -> TopicState:
+        topic = self.metadata.topics.get(name)
+        if topic is None:
+            raise UnknownTopicOrPartitionError(f"unknown topic {name!r}", topic=name)
+        return topic
+
+    # -- reads ------------------------------------------------------------------------------------------------------
+    async def list_topics(self) -> list[str]:
+        return sorted(self.metadata.topics)
+
+    async def get_metadata(self, topics: list[str] | None = None) -> dict[str, TopicMetadata]:
+        names = sorted(self.metadata.topics) if topics is None else list(topics)
+        return {name: self._topic(name).to_metadata() for name in names}
+
+    async def get_brokers(self) -> dict[int, BrokerInfo]:
+        return dict(self.metadata.brokers)
+
+    async def get_partition_state(self, topic: str, partition: int) -> PartitionState:
+        state = self._topic(topic).partitions.get(partition)
+        if state is None:
+            raise UnknownTopicOrPartitionError(f"unknown partition {topic}-{partition}")
+        return state
+
+    async def describe_topic(self, name: str) -> TopicDescription:
+        topic = self._topic(name)
+        infos = await asyncio.gather(*(self._describe_partition(s) for s in
+                                       (topic.partitions[p] for p in sorted(topic.partitions))))
+        meta = topic.to_metadata()
+        return TopicDescription(name, list(infos), dict(topic.config), meta.schema)
+
+    async def _describe_partition(self, state: PartitionState) -> PartitionInfo:
+        node = {b: info.node_id for b, info in self.metadata.brokers.items()}
+        offsets = {"log_start_offset": -1, "high_watermark": -1, "log_end_offset": -1}
+        if state.leader >= 0:
+            try:
+                handle = self._replica_handle(state.topic, state.partition, state.leader, create=False)
+                described = await asyncio.wait_for(handle.describe.remote(), timeout=5)
+                offsets = {k: described[k] for k in offsets}
+            except Exception as exc:  # the partition is shown, with unknown offsets
+                log.info("describe %s-%d: leader unavailable: %s", state.topic, state.partition, exc)
+        return PartitionInfo(state.partition, node.get(state.leader), state.leader_epoch,
+                             [node.get(b, str(b)) for b in state.replicas], [node.get(b, str(b)) for b in state.isr],
+                             **offsets)
+
+    # -- ISR changes (from leaders) ---------------------------------------------------------------------------------
+    async def alter_isr(self, topic: str, partition: int, leader: int, leader_epoch: int, isr: list[int],
+                        partition_epoch: int) -> tuple[list[int], int]:
+        async with self._lock_():
+            state = await self.get_partition_state(topic, partition)
+            if leader != state.leader or leader_epoch != state.leader_epoch:
+                raise FencedLeaderEpochError(
+                    f"{topic}-{partition}: ISR change from broker {leader} epoch {leader_epoch} rejected; "
+                    f"leader is {state.leader} at epoch {state.leader_epoch}")
+            if leader not in isr or not set(isr) <= set(state.replicas):
+                raise ValueError(f"{topic}-{partition}: invalid ISR {isr} for replicas {list(state.replicas)}")
+            if tuple(isr) != state.isr:
+                self._record(ClusterMetadata.partition_record(state, state.leader, state.leader_epoch, tuple(isr)))
+                log.info("%s-%d ISR %s -> %s", topic, partition, list(state.isr), isr)
+            new = await self.get_partition_state(topic, partition)
+            return list(new.isr), new.partition_epoch
+
+    async def ping(self) -> str:
+        return self.cluster

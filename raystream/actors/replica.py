@@ -1,0 +1,389 @@
+"""The partition replica actor: one per (topic, partition, broker), owning that replica's segment log.
+
+Replication is **push**, driven by the leader: one replicator task per follower sends every new batch
+(read back from the leader's log as whole stored batches) to the follower, which appends it verbatim and
+answers with its log end offset. Why push rather than Kafka's pull: on Ray an actor call is the unit of
+cost, and a push needs one call per batch per follower where pull needs a long-poll plus the data; the
+leader also knows the moment data arrives, so acks=all completes one hop sooner. What pull gives Kafka —
+the follower decides when it is ready, and catch-up after an outage is the same code as steady state — we
+keep: the replicator always sends "from the follower's log end offset", so catch-up, steady state and
+re-sync after a restart are one loop. Batches put in the object store are shared between followers at the
+same position (the same ObjectRef is handed to each), and only the last few are kept.
+
+When a replicator is idle it still sends an empty push every ``replica.lag.time.max.ms / 3``: that is the
+heartbeat that keeps a live follower in the ISR and carries the high watermark.
+
+Concurrency: an async actor. All log access happens on its event loop (the log is also lock-protected),
+except compaction, which runs in a worker thread (see ``raystream.storage.cleaner``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from typing import Any
+
+import pyarrow as pa
+import ray
+
+from raystream.config import BrokerConfig, TopicConfig
+from raystream.core.partition_state import PartitionState
+from raystream.errors import (
+    NotEnoughReplicasAfterAppendError,
+    NotEnoughReplicasError,
+    NotLeaderError,
+    OffsetOutOfRangeError,
+    RaystreamError,
+    RequestTimeoutError,
+)
+from raystream.protocol import (
+    ACTOR_NAMESPACE,
+    EARLIEST,
+    LATEST,
+    FetchResult,
+    ProduceResult,
+    Role,
+    replica_actor_name,
+)
+from raystream.storage.batch import OFFSET_COLUMN, TIMESTAMP_COLUMN
+from raystream.storage.cleaner import compact
+from raystream.storage.log import Log
+
+log = logging.getLogger(__name__)
+_SHARED_REFS_MAX = 4
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class PartitionReplica:
+    def __init__(self, cluster: str, topic: str, partition: int, broker_id: int, log_dir: str,
+                 config: dict[str, Any], schema_bytes: bytes | None, key_column: str | None,
+                 controller_name: str, broker_config: dict[str, Any]) -> None:
+        self.cluster, self.topic, self.partition, self.broker_id = cluster, topic, partition, broker_id
+        self.name = f"{topic}-{partition} broker={broker_id}"
+        self.broker_config = BrokerConfig(**broker_config)
+        schema = pa.ipc.read_schema(pa.py_buffer(schema_bytes)) if schema_bytes else None
+        self.log = Log(log_dir, TopicConfig.from_dict(config), schema=schema, key_column=key_column or "key")
+        self.state = PartitionState(self.name, broker_id)
+        self.state.high_watermark = self.log.high_watermark
+        self.controller_name = controller_name
+        self._replicators: dict[int, asyncio.Task] = {}
+        self._housekeeping: asyncio.Task | None = None
+        self._data_event: asyncio.Event | None = None
+        self._hw_event: asyncio.Event | None = None
+        self._shared_refs: OrderedDict[tuple[int, int], ray.ObjectRef] = OrderedDict()
+        self._isr_change_pending = False
+        self._role_restored = False
+        rep = self.log.recovery_report
+        log.info("[%s] opened log %s (clean=%s, truncated=%d bytes)", self.name, self.log, rep.clean_shutdown,
+                 rep.truncated_bytes)
+
+    # -- events (created lazily: they must belong to the actor's event loop) -----------------------------
+    def _events(self) -> tuple[asyncio.Event, asyncio.Event]:
+        if self._data_event is None:
+            self._data_event, self._hw_event = asyncio.Event(), asyncio.Event()
+        return self._data_event, self._hw_event
+
+    def _signal(self, which: str) -> None:
+        """Wake everyone waiting on new data or a new high watermark (events are one-shot, then renewed)."""
+        data, hw = self._events()
+        if which == "data":
+            self._data_event = asyncio.Event()
+            data.set()
+        else:
+            self._hw_event = asyncio.Event()
+            hw.set()
+
+    async def _wait(self, which: str, timeout_s: float) -> None:
+        data, hw = self._events()
+        event = data if which == "data" else hw
+        try:
+            await asyncio.wait_for(event.wait(), timeout=max(timeout_s, 0))
+        except asyncio.TimeoutError:
+            pass
+
+    # -- roles ---------------------------------------------------------------------------------------------
+    async def become_leader(self, epoch: int, replicas: list[int], isr: list[int], partition_epoch: int) -> int:
+        self.state.become_leader(epoch, tuple(replicas), tuple(isr), partition_epoch, self.log.log_end_offset,
+                                 self.log.high_watermark, _now_ms())
+        self._stop_replicators()
+        for broker in replicas:
+            if broker != self.broker_id:
+                self._replicators[broker] = asyncio.get_running_loop().create_task(
+                    self._replicate_loop(broker, epoch))
+        self._advance_high_watermark()
+        self._start_housekeeping()
+        log.info("[%s] became leader at epoch %d (isr %s)", self.name, epoch, isr)
+        return self.log.log_end_offset
+
+    async def become_follower(self, epoch: int, leader: int, replicas: list[int]) -> int:
+        self.state.become_follower(epoch, leader, tuple(replicas))
+        self._stop_replicators()
+        self._signal("hw")  # acks=all waiters re-check their role and fail with NotLeaderError
+        self._start_housekeeping()
+        log.info("[%s] became follower of broker %d at epoch %d", self.name, leader, epoch)
+        return self.log.log_end_offset
+
+    def _stop_replicators(self) -> None:
+        for task in self._replicators.values():
+            task.cancel()
+        self._replicators.clear()
+        self._shared_refs.clear()
+
+    async def _ensure_role(self) -> None:
+        """After Ray restarted this actor it has no role: ask the controller once what it should be."""
+        if self.state.role is not Role.OFFLINE or self._role_restored:
+            return
+        self._role_restored = True
+        controller = ray.get_actor(self.controller_name, namespace=ACTOR_NAMESPACE)
+        ps = await controller.get_partition_state.remote(self.topic, self.partition)
+        if ps.leader == self.broker_id:
+            await self.become_leader(ps.leader_epoch, list(ps.replicas), list(ps.isr), ps.partition_epoch)
+        elif self.broker_id in ps.replicas:
+            await self.become_follower(ps.leader_epoch, ps.leader, list(ps.replicas))
+
+    # -- produce -------------------------------------------------------------------------------------------
+    async def produce(self, batch: pa.RecordBatch | pa.Table, acks: int, timeout_ms: int,
+                      leader_epoch: int | None = None) -> ProduceResult:
+        await self._ensure_role()
+        self.state.check_leader(leader_epoch)
+        if acks not in (0, 1, -1):
+            raise ValueError(f"acks must be 0, 1 or -1 (all), got {acks!r}")
+        min_isr = self.log.config.min_insync_replicas
+        if acks == -1 and len(self.state.isr) < min_isr:
+            raise NotEnoughReplicasError(
+                f"[{self.name}] ISR {list(self.state.isr)} is smaller than min.insync.replicas={min_isr}",
+                isr=list(self.state.isr), min_insync_replicas=min_isr)
+        info = self.log.append(batch, leader_epoch=self.state.leader_epoch)
+        self._signal("data")
+        self._advance_high_watermark()
+        result = ProduceResult(info.base_offset, info.log_append_time, self.log.log_start_offset,
+                               info.record_count, info.max_timestamp)
+        if acks != -1:
+            return result
+        deadline = time.monotonic() + timeout_ms / 1000
+        while self.state.high_watermark <= info.last_offset:
+            if self.state.role is not Role.LEADER:
+                raise NotLeaderError(f"[{self.name}] lost leadership before the write was replicated")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise RequestTimeoutError(
+                    f"[{self.name}] offset {info.last_offset} not replicated to ISR {list(self.state.isr)} "
+                    f"within {timeout_ms} ms")
+            await self._wait("hw", remaining)
+        if len(self.state.isr) < min_isr:
+            raise NotEnoughReplicasAfterAppendError(
+                f"[{self.name}] ISR shrank to {list(self.state.isr)} below min.insync.replicas={min_isr}")
+        return result
+
+    def _advance_high_watermark(self) -> None:
+        if self.state.role is Role.LEADER and self.state.update_high_watermark(self.log.log_end_offset):
+            self.log.set_high_watermark(self.state.high_watermark)
+            self._signal("hw")
+
+    # -- fetch ---------------------------------------------------------------------------------------------
+    async def fetch(self, offset: int, max_bytes: int, max_wait_ms: int, min_bytes: int,
+                    columns: list[str] | None = None, leader_epoch: int | None = None) -> FetchResult:
+        """Long-poll read for consumers: waits up to ``max_wait_ms`` for ``min_bytes`` below the HW."""
+        await self._ensure_role()
+        self.state.check_leader(leader_epoch)
+        if columns is not None:
+            columns = [OFFSET_COLUMN, TIMESTAMP_COLUMN] + [c for c in columns if c not in
+                                                          (OFFSET_COLUMN, TIMESTAMP_COLUMN)]
+        deadline = time.monotonic() + max_wait_ms / 1000
+        while True:
+            hw = self.state.high_watermark
+            if offset > hw or offset < self.log.log_start_offset:
+                raise OffsetOutOfRangeError(
+                    f"offset {offset} out of range for {self.topic}-{self.partition}: "
+                    f"log_start_offset={self.log.log_start_offset}, high_watermark={hw}",
+                    offset=offset, log_start_offset=self.log.log_start_offset, log_end_offset=hw)
+            batches = self.log.read(offset, max_bytes, max_offset=hw, columns=columns) if offset < hw else []
+            size = sum(b.get_total_buffer_size() for b in batches)
+            remaining = deadline - time.monotonic()
+            if size >= min_bytes or remaining <= 0:
+                break
+            await self._wait("hw", remaining)
+            self.state.check_leader(leader_epoch)
+        next_offset = offset
+        if batches:
+            next_offset = batches[-1].column(0)[-1].as_py() + 1
+        # Copy into the object store now: the views point into segment files a later truncation may shrink.
+        return FetchResult(batches, hw, self.log.log_start_offset, self.log.log_end_offset, next_offset, size)
+
+    async def list_offset(self, spec: int) -> int:
+        await self._ensure_role()
+        self.state.check_leader(None)
+        if spec == EARLIEST:
+            return self.log.log_start_offset
+        if spec == LATEST:
+            return self.state.high_watermark
+        if not isinstance(spec, int) or spec < 0:
+            raise ValueError(f"offset spec must be EARLIEST (-2), LATEST (-1) or a timestamp >= 0, got {spec!r}")
+        found = self.log.offset_for_timestamp(spec)
+        return -1 if found is None or found >= self.state.high_watermark else found
+
+    # -- replication: leader side ----------------------------------------------------------------------------
+    def _follower(self, broker: int):
+        return ray.get_actor(replica_actor_name(self.cluster, self.topic, self.partition, broker),
+                             namespace=ACTOR_NAMESPACE)
+
+    async def _replicate_loop(self, broker: int, epoch: int) -> None:
+        cfg = self.broker_config
+        heartbeat_s = cfg.replica_lag_time_max_ms / 3000
+        follower_leo: int | None = None
+        handle = None
+        while self.state.role is Role.LEADER and self.state.leader_epoch == epoch:
+            try:
+                if handle is None or follower_leo is None:
+                    handle = self._follower(broker)
+                    follower_leo = await self._sync_follower(handle, epoch)
+                leo = self.log.log_end_offset
+                batches: Any = []
+                if follower_leo < leo:
+                    batches = self._shared_ref(follower_leo)
+                follower_leo = await asyncio.wait_for(
+                    handle.replicate.remote(epoch, self.broker_id, batches, self.state.high_watermark),
+                    timeout=cfg.request_timeout_ms / 1000)
+                self.state.record_follower(broker, follower_leo, leo, _now_ms())
+                self._advance_high_watermark()
+                await self._maybe_expand_isr(broker)
+                if follower_leo >= self.log.log_end_offset:
+                    await self._wait("data", heartbeat_s)
+            except asyncio.CancelledError:
+                raise
+            except RaystreamError as exc:
+                if exc.invalid_metadata or "epoch" in type(exc).__name__.lower():
+                    log.info("[%s] replication to broker %d stopped: %s", self.name, broker, exc)
+                    return
+                log.warning("[%s] replication to broker %d failed: %s", self.name, broker, exc)
+                follower_leo = None
+                await asyncio.sleep(cfg.replica_retry_backoff_ms / 1000)
+            except Exception as exc:  # follower dead, restarting or slow: retry after a backoff
+                log.info("[%s] follower %d unreachable (%s); retrying", self.name, broker, type(exc).__name__)
+                handle, follower_leo = None, None
+                await asyncio.sleep(cfg.replica_retry_backoff_ms / 1000)
+
+    async def _sync_follower(self, handle, epoch: int) -> int:
+        """KIP-101 handshake: truncate the follower to the end of its latest epoch as this leader knows it."""
+        status = await handle.replica_status.remote()
+        _, end = self.log.epoch_cache.end_offset_for(status["latest_epoch"], self.log.log_end_offset)
+        truncate_to = status["log_end_offset"] if end < 0 else min(end, status["log_end_offset"])
+        return await handle.truncate_for_leader.remote(epoch, self.broker_id, truncate_to,
+                                                       self.log.log_start_offset)
+
+    def _shared_ref(self, start: int) -> ray.ObjectRef:
+        """Batches from ``start`` put in the object store once and shared by followers at that offset."""
+        for (ref_start, ref_end), ref in self._shared_refs.items():
+            if ref_start == start and ref_end == self.log.log_end_offset:
+                return ref
+        batches = self.log.read_batches(start, self.broker_config.replica_fetch_max_bytes)
+        ref = ray.put(batches)
+        self._shared_refs[(start, self.log.log_end_offset)] = ref
+        while len(self._shared_refs) > _SHARED_REFS_MAX:
+            self._shared_refs.popitem(last=False)
+        return ref
+
+    async def _maybe_expand_isr(self, broker: int) -> None:
+        isr = self.state.isr_to_expand(broker)
+        if isr is not None:
+            await self._propose_isr(isr)
+
+    async def _propose_isr(self, isr: tuple[int, ...]) -> None:
+        if self._isr_change_pending:
+            return
+        self._isr_change_pending = True
+        try:
+            controller = ray.get_actor(self.controller_name, namespace=ACTOR_NAMESPACE)
+            new_isr, partition_epoch = await controller.alter_isr.remote(
+                self.topic, self.partition, self.broker_id, self.state.leader_epoch, list(isr),
+                self.state.partition_epoch)
+            self.state.apply_isr(tuple(new_isr), partition_epoch)
+            log.info("[%s] ISR is now %s", self.name, new_isr)
+            self._advance_high_watermark()
+            self._signal("hw")
+        except Exception as exc:  # controller restarting or we were fenced: the next check retries
+            log.warning("[%s] ISR change to %s not recorded: %s", self.name, list(isr), exc)
+        finally:
+            self._isr_change_pending = False
+
+    # -- replication: follower side ----------------------------------------------------------------------------
+    async def replica_status(self) -> dict[str, int]:
+        return {"log_end_offset": self.log.log_end_offset, "latest_epoch": self.log.epoch_cache.latest_epoch,
+                "log_start_offset": self.log.log_start_offset, "high_watermark": self.state.high_watermark}
+
+    async def truncate_for_leader(self, epoch: int, leader: int, offset: int, leader_log_start: int) -> int:
+        self.state.accept_replication(epoch, leader)
+        if offset < self.log.log_start_offset or self.log.log_end_offset < leader_log_start:
+            self.log.truncate_fully_and_start_at(leader_log_start)
+        elif offset < self.log.log_end_offset:
+            self.log.truncate_to(offset)
+            log.info("[%s] truncated to %d following broker %d at epoch %d", self.name,
+                     self.log.log_end_offset, leader, epoch)
+        return self.log.log_end_offset
+
+    async def replicate(self, epoch: int, leader: int, batches: list, high_watermark: int) -> int:
+        self.state.accept_replication(epoch, leader)
+        leo = self.log.log_end_offset
+        fresh = [b for b in batches if b.header.base_offset >= leo]
+        if fresh:
+            self.log.append_as_follower(fresh)
+        hw = min(high_watermark, self.log.log_end_offset)
+        if hw > self.state.high_watermark:
+            self.state.high_watermark = hw
+            self.log.set_high_watermark(hw)
+        return self.log.log_end_offset
+
+    # -- admin ---------------------------------------------------------------------------------------------
+    async def describe(self) -> dict[str, Any]:
+        return {"role": self.state.role.value, "leader_epoch": self.state.leader_epoch,
+                "isr": list(self.state.isr), "log_start_offset": self.log.log_start_offset,
+                "high_watermark": self.state.high_watermark, "log_end_offset": self.log.log_end_offset,
+                "size_bytes": self.log.size_bytes}
+
+    async def update_config(self, config: dict[str, Any]) -> None:
+        self.log.config = TopicConfig.from_dict(config)
+
+    async def ping(self) -> int:
+        return self.broker_id
+
+    async def shutdown(self, delete: bool = False) -> None:
+        """Stop serving; flush and close the log (``delete``: remove its directory too)."""
+        self.state.stop()
+        self._stop_replicators()
+        if self._housekeeping:
+            self._housekeeping.cancel()
+        if delete:
+            self.log.delete()
+        else:
+            self.log.close()
+
+    # -- housekeeping ----------------------------------------------------------------------------------------
+    def _start_housekeeping(self) -> None:
+        if self._housekeeping is None or self._housekeeping.done():
+            self._housekeeping = asyncio.get_running_loop().create_task(self._housekeeping_loop())
+
+    async def _housekeeping_loop(self) -> None:
+        """ISR shrink checks (leader), retention and compaction (every replica, as in Kafka)."""
+        cfg = self.broker_config
+        last_cleanup = 0.0
+        while True:
+            await asyncio.sleep(min(cfg.replica_lag_time_max_ms / 2, 1000) / 1000)
+            try:
+                if self.state.role is Role.LEADER:
+                    shrunk = self.state.isr_to_shrink(_now_ms(), cfg.replica_lag_time_max_ms)
+                    if shrunk is not None:
+                        await self._propose_isr(shrunk)
+                if time.monotonic() - last_cleanup >= cfg.log_retention_check_interval_ms / 1000:
+                    last_cleanup = time.monotonic()
+                    self.log.apply_retention(high_watermark=self.state.high_watermark)
+                    if self.log.config.compact:
+                        await asyncio.get_running_loop().run_in_executor(None, compact, self.log, _now_ms())
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("[%s] housekeeping failed", self.name)

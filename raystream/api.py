@@ -1,0 +1,115 @@
+"""``rs.init`` / ``rs.shutdown``: connect this process to a raystream cluster (starting it if needed).
+
+``init`` joins the Ray cluster this process already uses, else ``RAY_ADDRESS``, else starts a local Ray
+(the embedded default); ``address="auto"`` joins a running cluster. The controller is a detached named
+actor in namespace ``raystream``, one per cluster name, found or created here (``get_if_exists``), so a
+notebook, the CLI and a Ray Data job share one cluster.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from raystream.core.names import validate_cluster_name
+from raystream.protocol import ACTOR_NAMESPACE, controller_actor_name
+
+_current: ClusterHandle | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ClusterHandle:
+    cluster: str
+    data_dir: str
+    controller: Any  # ray.actor.ActorHandle
+    started_ray: bool
+
+    def brokers(self) -> dict:
+        return ray.get(self.controller.get_brokers.remote())
+
+
+def default_data_dir() -> str:
+    return os.environ.get("RAYSTREAM_DATA_DIR") or str(Path.home() / ".raystream" / "data")
+
+
+def init(address: str | None = None, data_dir: str | None = None, cluster: str = "default",
+         broker_config: dict[str, Any] | None = None, **ray_init_kwargs: Any) -> ClusterHandle:
+    """Connect to (or start) the raystream cluster ``cluster``. Idempotent for the same arguments."""
+    global _current
+    validate_cluster_name(cluster)
+    if _current is not None and _current.cluster == cluster and ray.is_initialized():
+        return _current
+    started_ray = False
+    if not ray.is_initialized():
+        address = address or os.environ.get("RAY_ADDRESS") or None
+        ray_init_kwargs.setdefault("log_to_driver", False)
+        ray.init(address=address, **ray_init_kwargs)
+        started_ray = address is None
+    data_dir = str(Path(data_dir or default_data_dir()).expanduser().resolve())
+    from raystream.actors.controller import Controller
+
+    here = ray.get_runtime_context().get_node_id()
+    controller = ray.remote(Controller).options(
+        name=controller_actor_name(cluster), namespace=ACTOR_NAMESPACE, get_if_exists=True,
+        lifetime="detached", num_cpus=0, max_restarts=-1, max_task_retries=-1,
+        scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False),
+    ).remote(cluster, data_dir, broker_config)
+    ray.get(controller.start.remote())
+    _current = ClusterHandle(cluster, data_dir, controller, started_ray)
+    _set_client_context(_current)
+    return _current
+
+
+def _set_client_context(handle: ClusterHandle | None) -> None:
+    try:
+        from raystream.client import context
+        from raystream.client.transport import RayTransport
+    except ImportError:  # client package not built yet
+        return
+    context.set_current(RayTransport(handle.controller, handle.cluster) if handle else None)
+
+
+def current() -> ClusterHandle | None:
+    return _current
+
+
+def shutdown(stop_cluster: bool = False) -> None:
+    """Disconnect this process. With ``stop_cluster``, also stop the controller and every replica
+    (data stays on disk). A Ray started by ``init`` is shut down too."""
+    global _current
+    handle = _current
+    _current = None
+    _set_client_context(None)
+    if handle is None:
+        return
+    if stop_cluster or handle.started_ray:  # an embedded cluster dies with its Ray: close logs cleanly first
+        stop(handle)
+    if handle.started_ray and ray.is_initialized():
+        ray.shutdown()
+
+
+def stop(handle: ClusterHandle) -> None:
+    """Gracefully stop a cluster's actors: every replica flushes and closes its log."""
+    metadata = ray.get(handle.controller.get_metadata.remote(None))
+    from raystream.protocol import replica_actor_name
+
+    refs, actors = [], []
+    for topic in metadata.values():
+        for part in topic.partitions:
+            for broker in part.replicas:
+                try:
+                    actor = ray.get_actor(replica_actor_name(handle.cluster, topic.name, part.partition, broker),
+                                          namespace=ACTOR_NAMESPACE)
+                except ValueError:
+                    continue
+                refs.append(actor.shutdown.remote())
+                actors.append(actor)
+    ray.get(refs)
+    for actor in actors:
+        ray.kill(actor, no_restart=True)
+    ray.kill(handle.controller, no_restart=True)

@@ -1,0 +1,94 @@
+"""The controller's metadata as a state machine over records (Kafka's KRaft metadata records, simplified).
+
+Every change is a record — a plain dict that msgpack can store — applied by :meth:`ClusterMetadata.apply`.
+The controller appends each record to its metadata log *before* applying it, and replays the log on
+restart, so the state after a restart equals the state before the crash.
+
+Record types::
+
+    broker      {id, node, data_dir}                 a broker (stable id) now lives on a Ray node
+    topic       {name, config, schema, key_column, assignment: {partition: [broker ids]}}
+    partitions  {name, assignment}                    partitions added to a topic
+    partition   {topic, p, leader, epoch, isr, pe}   leader / ISR change (pe: partition epoch)
+    config      {name, config}                        topic config replaced
+    delete      {name}                                topic deleted
+
+Pure and deterministic; not thread-safe (the controller actor serialises access).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from raystream.protocol import BrokerInfo, PartitionState, TopicMetadata
+
+
+@dataclasses.dataclass
+class TopicState:
+    name: str
+    config: dict[str, Any]
+    schema: bytes | None
+    key_column: str | None
+    partitions: dict[int, PartitionState]
+
+    def to_metadata(self) -> TopicMetadata:
+        parts = tuple(self.partitions[p] for p in sorted(self.partitions))
+        return TopicMetadata(self.name, parts, dict(self.config), self.schema, self.key_column)
+
+
+class ClusterMetadata:
+    def __init__(self) -> None:
+        self.brokers: dict[int, BrokerInfo] = {}
+        self.topics: dict[str, TopicState] = {}
+
+    @property
+    def next_broker_id(self) -> int:
+        return max(self.brokers, default=-1) + 1
+
+    def apply(self, record: dict[str, Any]) -> None:
+        kind = record["t"]
+        if kind == "broker":
+            self.brokers[record["id"]] = BrokerInfo(record["id"], record["node"], record["data_dir"])
+        elif kind == "topic":
+            topic = TopicState(record["name"], dict(record["config"]), record.get("schema"),
+                               record.get("key_column"), {})
+            self.topics[topic.name] = topic
+            self._add_partitions(topic, record["assignment"])
+        elif kind == "partitions":
+            self._add_partitions(self.topics[record["name"]], record["assignment"])
+        elif kind == "partition":
+            topic = self.topics[record["topic"]]
+            old = topic.partitions[record["p"]]
+            topic.partitions[record["p"]] = dataclasses.replace(
+                old, leader=record["leader"], leader_epoch=record["epoch"], isr=tuple(record["isr"]),
+                partition_epoch=record["pe"])
+        elif kind == "config":
+            self.topics[record["name"]].config = dict(record["config"])
+        elif kind == "delete":
+            self.topics.pop(record["name"], None)
+        else:
+            raise AssertionError(f"unknown metadata record type {kind!r}")
+
+    @staticmethod
+    def _add_partitions(topic: TopicState, assignment: dict[Any, list[int]]) -> None:
+        for p, replicas in assignment.items():
+            p = int(p)
+            topic.partitions[p] = PartitionState(topic.name, p, tuple(replicas), replicas[0], 0,
+                                                 tuple(replicas), 0)
+
+    # -- record constructors (what the controller appends) ------------------------------------------------
+    @staticmethod
+    def broker_record(broker_id: int, node_id: str, data_dir: str) -> dict[str, Any]:
+        return {"t": "broker", "id": broker_id, "node": node_id, "data_dir": data_dir}
+
+    @staticmethod
+    def topic_record(name: str, config: dict[str, Any], schema: bytes | None, key_column: str | None,
+                     assignment: dict[int, tuple[int, ...]]) -> dict[str, Any]:
+        return {"t": "topic", "name": name, "config": config, "schema": schema, "key_column": key_column,
+                "assignment": {p: list(r) for p, r in assignment.items()}}
+
+    @staticmethod
+    def partition_record(state: PartitionState, leader: int, epoch: int, isr: tuple[int, ...]) -> dict[str, Any]:
+        return {"t": "partition", "topic": state.topic, "p": state.partition, "leader": leader, "epoch": epoch,
+                "isr": list(isr), "pe": state.partition_epoch + 1}

@@ -1,0 +1,155 @@
+"""Request/response value types shared by clients and actors, and the public value objects of the API.
+
+Everything here is a frozen dataclass (pickles across Ray) or an enum. No behaviour beyond small derived
+properties.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from typing import Any
+
+import pyarrow as pa
+
+ACTOR_NAMESPACE = "raystream"
+#: Offset specs for ListOffsets (as Kafka's -2 / -1).
+EARLIEST = -2
+LATEST = -1
+
+
+class Role(enum.Enum):
+    LEADER = "leader"
+    FOLLOWER = "follower"
+    OFFLINE = "offline"
+
+
+@dataclasses.dataclass(frozen=True, order=True)
+class TopicPartition:
+    topic: str
+    partition: int
+
+    def __str__(self) -> str:
+        return f"{self.topic}-{self.partition}"
+
+
+@dataclasses.dataclass(frozen=True)
+class RecordMetadata:
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchMetadata:
+    """Result of ``send_batch`` of many rows to one partition: offsets ``[base_offset, base_offset + count)``."""
+
+    topic: str
+    partition: int
+    base_offset: int
+    count: int
+    timestamp: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Record:
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int
+    key: bytes | None
+    value: bytes | None
+    headers: dict[str, bytes] | list[tuple[str, bytes]] | None
+
+
+@dataclasses.dataclass(frozen=True)
+class PartitionInfo:
+    partition: int
+    leader: str | None  # Ray node id (hex) of the leader's node
+    leader_epoch: int
+    replicas: list[str]
+    isr: list[str]
+    log_start_offset: int = -1
+    high_watermark: int = -1
+    log_end_offset: int = -1
+
+
+@dataclasses.dataclass(frozen=True)
+class TopicDescription:
+    name: str
+    partitions: list[PartitionInfo]
+    config: dict[str, Any]
+    schema: pa.Schema | None
+
+
+# -- metadata (controller → clients and replicas) -----------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class PartitionState:
+    """The controller's record of one partition. Replicas are broker ids (stable across Ray restarts)."""
+
+    topic: str
+    partition: int
+    replicas: tuple[int, ...]
+    leader: int  # broker id, -1 when offline
+    leader_epoch: int
+    isr: tuple[int, ...]
+    partition_epoch: int = 0  # bumped on every ISR or leader change (Kafka's partition epoch)
+
+    @property
+    def tp(self) -> TopicPartition:
+        return TopicPartition(self.topic, self.partition)
+
+
+@dataclasses.dataclass(frozen=True)
+class TopicMetadata:
+    name: str
+    partitions: tuple[PartitionState, ...]
+    config: dict[str, Any]
+    schema_bytes: bytes | None = None
+    key_column: str | None = None
+
+    @property
+    def schema(self) -> pa.Schema | None:
+        if self.schema_bytes is None:
+            return None
+        return pa.ipc.read_schema(pa.py_buffer(self.schema_bytes))
+
+
+@dataclasses.dataclass(frozen=True)
+class BrokerInfo:
+    broker_id: int
+    node_id: str  # current Ray node id (hex)
+    data_dir: str
+    alive: bool = True
+
+
+# -- produce / fetch ---------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class ProduceResult:
+    base_offset: int  # -1 with acks=0
+    log_append_time: int
+    log_start_offset: int
+    record_count: int
+    max_timestamp: int
+
+
+@dataclasses.dataclass(frozen=True)
+class FetchResult:
+    """Records in ``[fetch_offset, next_offset)`` as Arrow batches (only the requested columns)."""
+
+    batches: list[pa.RecordBatch]
+    high_watermark: int
+    log_start_offset: int
+    log_end_offset: int
+    next_offset: int
+    bytes: int = 0
+
+
+def replica_actor_name(cluster: str, topic: str, partition: int, broker_id: int) -> str:
+    """Ray actor name of one partition replica ('/' cannot occur in cluster or topic names)."""
+    return f"{cluster}/replica/{topic}/{partition}/{broker_id}"
+
+
+def controller_actor_name(cluster: str) -> str:
+    return f"{cluster}/controller"
