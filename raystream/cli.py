@@ -11,15 +11,26 @@ import sys
 import click
 
 from raystream import __version__
+from raystream.cli_topics import consume, produce, topics
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", "-V", prog_name="raystream", message="%(prog)s %(version)s")
-def main() -> None:
+@click.option("--address", envvar="RAY_ADDRESS", default=None, help="Ray cluster address (default: auto).")
+@click.option("--cluster", default="default", show_default=True, help="raystream cluster name.")
+@click.option("--data-dir", envvar="RAYSTREAM_DATA_DIR", default=None, help="Data directory.")
+@click.pass_context
+def main(ctx: click.Context, address: str | None, cluster: str, data_dir: str | None) -> None:
     """raystream: Kafka-like event streaming on Ray, backed by an Arrow segment log.
 
     Run `raystream COMMAND --help` for help on a specific command.
     """
+    ctx.obj = {"address": address, "cluster": cluster, "data_dir": data_dir}
+
+
+main.add_command(topics)
+main.add_command(produce)
+main.add_command(consume)
 
 
 @main.command("dump-log")

@@ -8,7 +8,7 @@ by the user's columns. What Kafka keeps in its RecordBatch header travels in the
 files alone and any Arrow tool can read them.
 
 The checksum (CRC-32C, key ``raystream.crc``, 8 hex digits) covers the *whole* message — framing,
-flatbuffer metadata (with the checksum's own 8 bytes read as ``b"00000000"``) and body — so a flipped byte
+flatbuffer metadata (with the checksum's own 8 bytes read as ``b"~crc32c~"``) and body — so a flipped byte
 anywhere, including in the buffer layout, is caught. Writing needs a single serialisation: the message is
 serialised with the placeholder, checksummed, and the 8 digits are patched in place.
 
@@ -37,7 +37,7 @@ SYSTEM_COLUMNS = (OFFSET_COLUMN, TIMESTAMP_COLUMN)
 
 HEADER_KEY = b"raystream.batch"
 CRC_KEY = b"raystream.crc"
-CRC_PLACEHOLDER = b"00000000"
+CRC_PLACEHOLDER = b"~crc32c~"  # what the checksum digits are read as while checksumming
 FORMAT_VERSION = 1
 
 #: Bytes of IPC framing before the flatbuffer metadata: continuation marker + int32 metadata length.
@@ -95,7 +95,10 @@ class BatchHeader:
         return self.base_sequence + self.last_offset_delta
 
     def pack(self) -> bytes:
-        return msgpack.packb([FORMAT_VERSION, *dataclasses.astuple(self)])
+        # Explicit fields: dataclasses.astuple deep-copies and costs more than the msgpack itself.
+        return msgpack.packb((FORMAT_VERSION, self.base_offset, self.last_offset_delta, self.record_count,
+                              self.first_timestamp, self.max_timestamp, self.leader_epoch, self.producer_id,
+                              self.producer_epoch, self.base_sequence, self.attributes, self.schema_id))
 
     @classmethod
     def unpack(cls, data: bytes) -> BatchHeader:
@@ -139,22 +142,28 @@ class BatchEncoder:
         self.schema = schema
         self.schema_message = schema.serialize()
 
-    def encode(self, batch: StoredBatch) -> list:
+    def encode(self, batch: StoredBatch) -> tuple[list, Frame]:
         """Return the complete IPC message (framing, metadata, body) with its checksum filled in, as two
         parts — patched metadata (bytes) and body (pa.Buffer) — so a writer can ``writev`` them: the body,
         nearly all the bytes, is never copied again."""
         sink = pa.BufferOutputStream()
         with pa.ipc.new_stream(sink, self.schema) as writer:
-            writer.write_batch(batch.data, custom_metadata={HEADER_KEY: batch.header.pack(),
-                                                             CRC_KEY: CRC_PLACEHOLDER})
+            header_bytes = batch.header.pack()
+            writer.write_batch(batch.data, custom_metadata={HEADER_KEY: header_bytes, CRC_KEY: CRC_PLACEHOLDER})
         stream = sink.getvalue()
         # The stream is schema message + our message + 8-byte end-of-stream marker.
         message = stream.slice(self.schema_message.size, stream.size - self.schema_message.size - 8)
-        frame = parse_frame(message)
+        metadata_end = FRAME_PREFIX_BYTES + read_prefix(message)
+        patched = bytearray(memoryview(message)[:metadata_end])
+        # Find the placeholder directly (a full flatbuffer parse costs more than the rest of the encode);
+        # fall back to parsing should the placeholder bytes also occur elsewhere in the metadata.
+        crc_start = patched.find(CRC_PLACEHOLDER)
+        if crc_start < 0 or patched.find(CRC_PLACEHOLDER, crc_start + 1) >= 0:
+            crc_start = parse_frame(message).crc_start
         checksum = crc32c.crc32c(message)
-        patched = bytearray(memoryview(message)[:frame.metadata_end])
-        patched[frame.crc_start:frame.crc_start + 8] = b"%08x" % checksum
-        return [bytes(patched), message.slice(frame.metadata_end)]
+        patched[crc_start:crc_start + 8] = b"%08x" % checksum
+        frame = Frame(metadata_end, message.size - metadata_end, header_bytes, b"%08x" % checksum, crc_start)
+        return [bytes(patched), message.slice(metadata_end)], frame
 
 
 # -- decoding ----------------------------------------------------------------------------------------------

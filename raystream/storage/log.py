@@ -69,6 +69,8 @@ EPOCH_FILE = "leader-epoch-checkpoint"
 LOG_FORMAT = 1
 #: Suffixes of files that are mid-way through a change; recovery decides their fate.
 CLEANED_SUFFIX, SWAP_SUFFIX, DELETED_SUFFIX = ".cleaned", ".swap", ".deleted"
+#: As Kafka's log.flush.offset.checkpoint.interval.ms: how often a flush also persists the recovery point.
+CHECKPOINT_INTERVAL_MS = 60_000
 KNOWN_FILES = {META_FILE, LOCK_FILE, CLEAN_SHUTDOWN_FILE, CHECKPOINT_FILE, EPOCH_FILE}
 
 
@@ -131,7 +133,7 @@ class Log:
             raise
         self.recovery_report = dataclasses.replace(report, duration_s=time.monotonic() - started)
         self._unflushed_messages = 0
-        self._last_flush_ms = now if now is not None else now_ms()
+        self._last_flush_ms = self._last_checkpoint_ms = now if now is not None else now_ms()
         if report.error or report.truncated_bytes:
             log.warning("[%s] recovered after crash: %s", self.directory.name, self.recovery_report)
 
@@ -393,13 +395,17 @@ class Log:
             self._check_open()
             self._flush(now_ms() if now is None else now)
 
-    def _flush(self, now: int) -> None:
+    def _flush(self, now: int, checkpoint: bool = False) -> None:
         for segment in self.segments[self._segment_index_for(self.recovery_point):]:
-            segment.flush()
+            segment.flush(indexes=segment is not self.active_segment)
         self.recovery_point = self.log_end_offset
         self._unflushed_messages = 0
         self._last_flush_ms = now
-        self._write_checkpoint()
+        # The recovery point on disk may lag (recovery then re-verifies a little more, which is safe);
+        # persisting it on every flush would double the fsyncs of a flush-per-batch workload.
+        if checkpoint or now - self._last_checkpoint_ms >= CHECKPOINT_INTERVAL_MS:
+            self._write_checkpoint()
+            self._last_checkpoint_ms = now
 
     def _write_checkpoint(self) -> None:
         write_state(self.directory / CHECKPOINT_FILE, {
@@ -418,7 +424,8 @@ class Log:
         with self._lock:
             if self._closed:
                 return
-            self._flush(now_ms())
+            self._flush(now_ms(), checkpoint=True)
+            self.active_segment.flush(indexes=True)
             (self.directory / CLEAN_SHUTDOWN_FILE).touch()
             fsync_dir(self.directory)
             self._shut()

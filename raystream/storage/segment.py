@@ -80,6 +80,9 @@ class LogSegment:
         self.rolling_timestamp: int | None = None  # max timestamp of the first batch (Kafka's segment.ms base)
         self.batch_count = 0
         self._bytes_since_index_entry = 0
+        # position -> (frame, header) of every batch seen (appended or scanned): parsing an IPC message's
+        # flatbuffer metadata in Python costs ~35 us, far more than the zero-copy decode of the batch.
+        self._frames: dict[int, tuple[Frame, BatchHeader]] = {}
 
     # -- life cycle ---------------------------------------------------------------------------------------
     @classmethod
@@ -143,12 +146,13 @@ class LogSegment:
         assert batch.header.base_offset >= self.next_offset, (batch.header.base_offset, self.next_offset)
         if self._encoder is None:
             self._encoder = BatchEncoder(self.schema)
-        parts = self._encoder.encode(batch)
+        parts, frame = self._encoder.encode(batch)
         written = os.pwritev(self._fd, parts, self.size)
         expected = sum(len(p) if isinstance(p, bytes) else p.size for p in parts)
         if written != expected:  # a short write leaves a torn tail; recovery will cut it
             raise OSError(f"short write to {self.path.name}: {written} of {expected} bytes")
         self._note_batch(self.size, batch.header)
+        self._frames[self.size] = (frame, batch.header)
         self.size += written
         self._bytes_since_index_entry += written
         return written
@@ -168,11 +172,15 @@ class LogSegment:
         self.next_offset = header.next_offset
         self.batch_count += 1
 
-    def flush(self) -> None:
+    def flush(self, indexes: bool = True) -> None:
+        """fsync the data; with ``indexes`` also write the index files. The active segment's indexes are
+        written only when it is sealed or closed: after a crash recovery rebuilds them from the data
+        anyway, so writing them on every flush would buy nothing."""
         if self._fd is not None:
             os.fsync(self._fd)
-        self.offset_index.flush()
-        self.time_index.flush()
+        if indexes:
+            self.offset_index.flush()
+            self.time_index.flush()
 
     # -- read ---------------------------------------------------------------------------------------------
     def _mapped(self) -> pa.Buffer:
@@ -182,33 +190,35 @@ class LogSegment:
                 self._map = mm.read_buffer()
         return self._map
 
-    def frames(self, position: int | None = None) -> Iterator[tuple[int, Frame, pa.Buffer]]:
-        """Yield (position, frame, remaining view) for each complete message from ``position``."""
+    def frames(self, position: int | None = None) -> Iterator[tuple[int, Frame, BatchHeader, pa.Buffer]]:
+        """Yield (position, frame, header, remaining view) for each complete message from ``position``."""
         view = self._mapped()
         position = self.data_start if position is None else position
         end = min(self.size, view.size)
         while position < end:
             rest = view.slice(position, end - position)
-            frame = parse_frame(rest)
-            if frame.total_length > rest.size:
-                raise CorruptRecordError(f"torn batch at position {position} of {self.path.name}")
-            yield position, frame, rest
-            position += frame.total_length
+            cached = self._frames.get(position)
+            if cached is None:
+                frame = parse_frame(rest)
+                if frame.total_length > rest.size:
+                    raise CorruptRecordError(f"torn batch at position {position} of {self.path.name}")
+                cached = self._frames[position] = (frame, BatchHeader.unpack(frame.header_bytes))
+            yield position, cached[0], cached[1], rest
+            position += cached[0].total_length
 
     def batches(self, start_offset: int, verify: bool = False) -> Iterator[tuple[int, StoredBatch]]:
         """Yield (position, batch) for every stored batch whose last offset is >= ``start_offset``, starting
         from the offset index's floor entry (a short scan, never the whole segment)."""
         entry = self.offset_index.floor(max(0, start_offset - self.base_offset))
         position = entry[1] if entry else self.data_start
-        for pos, frame, rest in self.frames(position):
-            header = BatchHeader.unpack(frame.header_bytes)
+        for pos, frame, header, rest in self.frames(position):
             if header.last_offset < start_offset:
                 continue
             yield pos, decode(rest.slice(0, frame.total_length), self.schema, frame, verify=verify)
 
     def headers(self) -> Iterator[tuple[int, BatchHeader]]:
-        for pos, frame, _ in self.frames():
-            yield pos, BatchHeader.unpack(frame.header_bytes)
+        for pos, _, header, _ in self.frames():
+            yield pos, header
 
     def find_offset_by_timestamp(self, timestamp: int, start_offset: int) -> int | None:
         """The first offset >= ``start_offset`` whose timestamp is >= ``timestamp`` in this segment."""
@@ -234,6 +244,7 @@ class LogSegment:
         self.rolling_timestamp = None
         self.batch_count = 0
         self._bytes_since_index_entry = 0
+        self._frames.clear()
 
     def rebuild(self, verify: bool) -> ScanResult:
         """Scan every batch, (optionally) verifying checksums and decodability; rebuild indexes and the
@@ -242,8 +253,7 @@ class LogSegment:
         valid, count, error = self.data_start, 0, None
         previous_next = self.base_offset
         try:
-            for position, frame, rest in self.frames():
-                header = BatchHeader.unpack(frame.header_bytes)
+            for position, frame, header, rest in self.frames():
                 if verify:
                     decode(rest.slice(0, frame.total_length), self.schema, frame, verify=True)
                 if header.base_offset < previous_next or header.last_offset_delta < 0:
@@ -278,8 +288,7 @@ class LogSegment:
             self.max_timestamp = tkeys[-1] if tkeys else NO_TIMESTAMP
             self.offset_of_max_timestamp = self.base_offset + (tvalues[-1] if tvalues else 0)
             self.batch_count = 1
-            for position, frame, _ in self.frames(values[-1]):
-                header = BatchHeader.unpack(frame.header_bytes)
+            for position, _, header, _ in self.frames(values[-1]):
                 self.next_offset = header.next_offset
                 self.batch_count += 1
                 if header.max_timestamp > self.max_timestamp:
@@ -299,6 +308,7 @@ class LogSegment:
         if dropped > 0:
             os.ftruncate(self._fd, size)
             self._map = None  # views of the dropped tail must not be handed out again
+            self._frames = {p: f for p, f in self._frames.items() if p < size}
             self.size = size
         return max(dropped, 0)
 
@@ -317,8 +327,8 @@ class LogSegment:
 
     def _headers_from(self, offset: int) -> Iterator[tuple[int, BatchHeader]]:
         entry = self.offset_index.floor(max(0, offset - self.base_offset))
-        for position, frame, _ in self.frames(entry[1] if entry else None):
-            yield position, BatchHeader.unpack(frame.header_bytes)
+        for position, _, header, _ in self.frames(entry[1] if entry else None):
+            yield position, header
 
     def __repr__(self) -> str:
         return (f"LogSegment(base={self.base_offset}, next={self.next_offset}, size={self.size}, "

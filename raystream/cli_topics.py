@@ -1,0 +1,206 @@
+"""``raystream topics|produce|consume|perf-test``: Kafka's command-line tools, on raystream.
+
+Every command connects with ``rs.init`` (to ``--address``, else ``RAY_ADDRESS``, else a running local
+cluster via ``auto``). Expected failures print one line on stderr and exit 1.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+
+import click
+
+from raystream import errors
+
+
+def connect(ctx: click.Context) -> None:
+    import raystream as rs
+
+    opts = ctx.find_root().obj or {}
+    try:
+        rs.init(address=opts.get("address") or "auto", cluster=opts.get("cluster", "default"),
+                data_dir=opts.get("data_dir"))
+    except ConnectionError as exc:
+        raise click.ClickException(f"cannot reach a Ray cluster ({exc}); start one with `ray start --head` "
+                                   "or pass --address") from None
+
+
+def friendly_errors(fn):
+    """Turn raystream errors into one clear line and exit code 1 (no traceback)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (errors.RaystreamError, ValueError, TypeError) as exc:
+            raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
+
+    return wrapper
+
+
+def parse_configs(pairs: tuple[str, ...]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise click.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint="--config")
+        key, value = pair.split("=", 1)
+        out[key.strip()] = value.strip()
+    return out
+
+
+@click.group("topics")
+def topics() -> None:
+    """Create, list, describe, alter and delete topics (like kafka-topics)."""
+
+
+@topics.command("create")
+@click.argument("topic")
+@click.option("--partitions", type=int, default=1, show_default=True)
+@click.option("--replication-factor", type=int, default=1, show_default=True)
+@click.option("--config", "configs", multiple=True, help="Topic config KEY=VALUE (repeatable).")
+@click.pass_context
+@friendly_errors
+def create(ctx, topic, partitions, replication_factor, configs):
+    import raystream as rs
+
+    connect(ctx)
+    rs.Admin().create_topic(topic, partitions=partitions, replication_factor=replication_factor,
+                            config=parse_configs(configs))
+    click.echo(f"Created topic {topic}.")
+
+
+@topics.command("list")
+@click.pass_context
+@friendly_errors
+def list_(ctx):
+    import raystream as rs
+
+    connect(ctx)
+    for name in rs.Admin().list_topics():
+        click.echo(name)
+
+
+@topics.command("describe")
+@click.argument("topic", required=False)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+@friendly_errors
+def describe(ctx, topic, as_json):
+    import raystream as rs
+
+    connect(ctx)
+    admin = rs.Admin()
+    for name in [topic] if topic else admin.list_topics():
+        d = admin.describe_topic(name)
+        if as_json:
+            click.echo(json.dumps({"name": d.name, "config": d.config,
+                                   "partitions": [vars(p) for p in d.partitions]}))
+            continue
+        changed = {k: v for k, v in d.config.items()}
+        click.echo(f"Topic: {d.name}\tPartitionCount: {len(d.partitions)}\t"
+                   f"ReplicationFactor: {len(d.partitions[0].replicas) if d.partitions else 0}\t"
+                   f"Configs: {','.join(f'{k}={v}' for k, v in changed.items())}")
+        for p in d.partitions:
+            click.echo(f"\tTopic: {d.name}\tPartition: {p.partition}\tLeader: {_short(p.leader)}\t"
+                       f"Replicas: {','.join(map(_short, p.replicas))}\tIsr: {','.join(map(_short, p.isr))}\t"
+                       f"LogStartOffset: {p.log_start_offset}\tHighWatermark: {p.high_watermark}")
+
+
+def _short(node_id) -> str:
+    return str(node_id)[:8] if node_id else "none"
+
+
+@topics.command("alter")
+@click.argument("topic")
+@click.option("--config", "configs", multiple=True, required=True)
+@click.pass_context
+@friendly_errors
+def alter(ctx, topic, configs):
+    import raystream as rs
+
+    connect(ctx)
+    rs.Admin().alter_topic_config(topic, parse_configs(configs))
+    click.echo(f"Updated config of topic {topic}.")
+
+
+@topics.command("delete")
+@click.argument("topic")
+@click.pass_context
+@friendly_errors
+def delete(ctx, topic):
+    import raystream as rs
+
+    connect(ctx)
+    rs.Admin().delete_topic(topic)
+    click.echo(f"Deleted topic {topic}.")
+
+
+@click.command("produce")
+@click.argument("topic")
+@click.option("--key-separator", default=None, help="Split each line into KEY<sep>VALUE.")
+@click.option("--acks", default="all", type=click.Choice(["0", "1", "all"]))
+@click.pass_context
+@friendly_errors
+def produce(ctx, topic, key_separator, acks):
+    """Send lines from stdin as records (like kafka-console-producer)."""
+    import raystream as rs
+
+    connect(ctx)
+    count = 0
+    with rs.Producer(acks=acks if acks == "all" else int(acks)) as producer:
+        futures = []
+        for line in sys.stdin:
+            line = line.rstrip("\n")
+            key = None
+            if key_separator is not None and key_separator in line:
+                key, line = line.split(key_separator, 1)
+            futures.append(producer.send(topic, value=line.encode(), key=key.encode() if key else None))
+            count += 1
+        producer.flush()
+        for f in futures:
+            f.result()
+    click.echo(f"Produced {count} records to {topic}.", err=True)
+
+
+@click.command("consume")
+@click.argument("topic")
+@click.option("--from-beginning", is_flag=True)
+@click.option("--max-messages", type=int, default=None)
+@click.option("--timeout-ms", type=int, default=None, help="Exit after this long without a message.")
+@click.option("--print-key", is_flag=True)
+@click.option("--key-separator", default="\t", show_default=True)
+@click.option("--group", default=None, help="Consumer group (group mode arrives in a later release).")
+@click.pass_context
+@friendly_errors
+def consume(ctx, topic, from_beginning, max_messages, timeout_ms, print_key, key_separator, group):
+    """Print records of a topic (like kafka-console-consumer)."""
+    import time
+
+    import raystream as rs
+
+    connect(ctx)
+    if group:
+        raise click.ClickException("--group: consumer groups arrive in a later release")
+    partitions = len(rs.Admin().describe_topic(topic).partitions)
+    seen = 0
+    idle_since = time.monotonic()
+    with rs.Consumer(auto_offset_reset="earliest" if from_beginning else "latest") as consumer:
+        consumer.assign([rs.TopicPartition(topic, p) for p in range(partitions)])
+        while max_messages is None or seen < max_messages:
+            records = consumer.poll(timeout=0.2)
+            if not records:
+                if timeout_ms is not None and (time.monotonic() - idle_since) * 1000 >= timeout_ms:
+                    break
+                continue
+            idle_since = time.monotonic()
+            for r in records[: None if max_messages is None else max_messages - seen]:
+                value = r.value.decode(errors="replace") if r.value is not None else "null"
+                if print_key:
+                    key = r.key.decode(errors="replace") if r.key is not None else "null"
+                    click.echo(f"{key}{key_separator}{value}")
+                else:
+                    click.echo(value)
+                seen += 1
+    click.echo(f"Processed a total of {seen} messages", err=True)
