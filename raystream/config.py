@@ -105,7 +105,10 @@ def _coerce(key: str, value: Any, target: type) -> Any:
                 value = ",".join(value)
             if not isinstance(value, str):
                 raise ValueError(value)
-            return value.replace(" ", "")
+            value = value.replace(" ", "")
+            if key.replace(".", "_") == "cleanup_policy":  # Kafka accepts the two policies in any order
+                value = ",".join(sorted(set(value.split(","))))
+            return value
     except (TypeError, ValueError):
         raise InvalidConfigurationError(
             f"invalid value {value!r} for {key}: expected {target.__name__}", key=key) from None

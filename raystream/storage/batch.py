@@ -102,10 +102,17 @@ class BatchHeader:
 
     @classmethod
     def unpack(cls, data: bytes) -> BatchHeader:
-        fields = msgpack.unpackb(data)
-        if not isinstance(fields, list) or not fields or fields[0] != FORMAT_VERSION:
+        try:
+            fields = msgpack.unpackb(data)
+        except Exception as exc:  # msgpack raises several types for garbage; all mean a corrupt header
+            raise CorruptRecordError(f"undecodable batch header: {exc}") from None
+        if (not isinstance(fields, list) or len(fields) != _HEADER_FIELDS + 1 or fields[0] != FORMAT_VERSION
+                or not all(type(f) is int for f in fields)):
             raise CorruptRecordError(f"unknown batch header format {fields!r:.80}")
         return cls(*fields[1:])
+
+
+_HEADER_FIELDS = len(dataclasses.fields(BatchHeader))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -211,7 +218,7 @@ def parse_frame(message) -> Frame:
         header_type = tab.Get(fb_types.Uint8Flags, tab.Offset(6) + tab.Pos) if tab.Offset(6) else 0
         body_length = tab.Get(fb_types.Int64Flags, tab.Offset(10) + tab.Pos) if tab.Offset(10) else 0
         custom = _custom_metadata(tab)
-    except (IndexError, struct.error) as exc:
+    except Exception as exc:  # the flatbuffers runtime raises IndexError, struct.error, TypeError, ...
         raise CorruptRecordError(f"unreadable message metadata: {exc}") from None
     if header_type != _RECORD_BATCH_HEADER_TYPE:
         raise CorruptRecordError(f"message is not a record batch (header type {header_type})")
@@ -261,9 +268,8 @@ def decode(message: pa.Buffer, schema: pa.Schema, frame: Frame | None = None,
     if message.size < frame.total_length:
         raise CorruptRecordError("truncated message body")
     if verify:
-        expected = int(frame.crc_hex, 16) if _is_hex(frame.crc_hex) else -1
         actual = checksum_of(message, frame)
-        if actual != expected:
+        if frame.crc_hex != b"%08x" % actual:  # compare the digits exactly: int() forgives case and spaces
             raise CorruptRecordError(f"checksum mismatch: stored {frame.crc_hex.decode(errors='replace')}, "
                                      f"computed {actual:08x}")
     header = BatchHeader.unpack(frame.header_bytes)
@@ -276,10 +282,3 @@ def decode(message: pa.Buffer, schema: pa.Schema, frame: Frame | None = None,
                                  f"header says {header.record_count}")
     return StoredBatch(header, data)
 
-
-def _is_hex(value: bytes) -> bool:
-    try:
-        int(value, 16)
-    except ValueError:
-        return False
-    return True

@@ -60,6 +60,7 @@ def compact(log_, now: int, value_column: str = "value") -> CleanerStats:
         if not log_.config.compact:
             return CleanerStats()
         sealed = [s for s in log_.segments[:-1] if log_.key_column in s.schema.names]
+        sizes = [s.size for s in sealed]  # a truncation meanwhile changes a size: the result is void
         config = log_.config
         key_column = log_.key_column
     if not sealed:
@@ -74,9 +75,10 @@ def compact(log_, now: int, value_column: str = "value") -> CleanerStats:
         log.warning("[%s] compaction abandoned: %s", log_.directory.name, exc)
         return CleanerStats()
     with log_._lock:
-        if log_._closed or any(s not in log_.segments for s in sealed):
+        changed = any(s not in log_.segments or s.size != size for s, size in zip(sealed, sizes, strict=True))
+        if log_._closed or changed:
             for c in cleaned:
-                c.new.delete()
+                c.new.delete(data_only=True)
             return CleanerStats()
         for c in cleaned:
             _swap_in(log_, c.new, c.group)

@@ -43,7 +43,7 @@ def dump_segment(path: Path) -> Iterator[dict]:
         except CorruptRecordError as exc:
             yield {"kind": "batch", "position": position, "error": str(exc)}
             return
-        valid = checksum_of(rest, frame) == int(frame.crc_hex, 16) if _hex(frame.crc_hex) else False
+        valid = frame.crc_hex == b"%08x" % checksum_of(rest, frame)
         yield {"kind": "batch", "position": position, "size": frame.total_length,
                "base_offset": header.base_offset, "last_offset": header.last_offset,
                "count": header.record_count, "first_timestamp": header.first_timestamp,
@@ -54,10 +54,3 @@ def dump_segment(path: Path) -> Iterator[dict]:
                "crc_valid": valid}
         position += frame.total_length
 
-
-def _hex(value: bytes) -> bool:
-    try:
-        int(value, 16)
-    except ValueError:
-        return False
-    return True

@@ -49,6 +49,7 @@ from raystream.storage.batch import (
     ATTR_LOG_APPEND_TIME,
     OFFSET_COLUMN,
     TIMESTAMP_COLUMN,
+    BatchEncoder,
     BatchHeader,
     StoredBatch,
     stored_schema,
@@ -91,6 +92,7 @@ class RecoveryReport:
     recovered_from_offset: int
     log_end_offset: int
     truncated_bytes: int = 0
+    dropped_batches: int = 0
     deleted_segments: int = 0
     error: str | None = None
     duration_s: float = 0.0
@@ -132,6 +134,7 @@ class Log:
             self._release_lock()
             raise
         self.recovery_report = dataclasses.replace(report, duration_s=time.monotonic() - started)
+        self._encoder: BatchEncoder | None = None
         self._unflushed_messages = 0
         self._last_flush_ms = self._last_checkpoint_ms = now if now is not None else now_ms()
         if report.error or report.truncated_bytes:
@@ -212,7 +215,7 @@ class Log:
         for segment in self.segments[:start]:
             segment.load_or_rebuild_indexes()
         recovered_from = self.segments[start].base_offset if start < len(self.segments) else self.recovery_point
-        truncated = deleted = 0
+        truncated = deleted = dropped = 0
         error = None
         for i in range(start, len(self.segments)):
             segment = self.segments[i]
@@ -221,14 +224,16 @@ class Log:
                 continue
             error = result.error or "torn tail"
             truncated += segment.truncate_bytes(result.valid_bytes)
+            dropped += 1  # the torn or corrupt batch (what follows it in the file cannot be framed)
             for later in self.segments[i + 1:]:
                 truncated += later.size
+                dropped += later.rebuild(verify=False).batches
                 later.delete()
                 deleted += 1
             del self.segments[i + 1:]
             break
         self._bases = [s.base_offset for s in self.segments]
-        return RecoveryReport(clean, recovered_from, 0, truncated, deleted, error)
+        return RecoveryReport(clean, recovered_from, 0, truncated, dropped, deleted, error)
 
     def _segment_index_for(self, offset: int) -> int:
         """Index of the segment that holds ``offset`` (the floor segment), 0 if before all."""
@@ -288,7 +293,7 @@ class Log:
             stored, header = self._stamp(batch, user_schema, now, leader_epoch, producer_id, producer_epoch,
                                          base_sequence, attributes, schema_id)
             self._append_stored(StoredBatch(header, stored), now)
-            log_append_time = now if attributes & ATTR_LOG_APPEND_TIME else -1
+            log_append_time = now if header.attributes & ATTR_LOG_APPEND_TIME else -1
             return AppendInfo(header.base_offset, header.last_offset, header.max_timestamp, log_append_time,
                               header.record_count)
 
@@ -331,22 +336,26 @@ class Log:
             return self.log_end_offset
 
     def _append_stored(self, batch: StoredBatch, now: int) -> None:
-        segment = self._maybe_roll(batch, now)
-        segment.append(batch)
+        encoder = self._encoder
+        if encoder is None or not encoder.schema.equals(batch.data.schema):
+            encoder = self._encoder = BatchEncoder(batch.data.schema)
+        encoded = encoder.encode(batch)  # first, so the roll decision knows the exact size
+        segment = self._maybe_roll(batch, encoded[1].total_length, now)
+        segment.append(batch, encoded)
         self.epoch_cache.assign(batch.header.leader_epoch, batch.header.base_offset)
         self._unflushed_messages += batch.header.record_count
         if (self._unflushed_messages >= self.config.flush_messages
                 or now - self._last_flush_ms >= self.config.flush_ms):
             self._flush(now)
 
-    def _maybe_roll(self, batch: StoredBatch, now: int) -> LogSegment:
+    def _maybe_roll(self, batch: StoredBatch, size: int, now: int) -> LogSegment:
         segment = self.active_segment
         reason = None
         if not segment.schema.equals(batch.data.schema):
             reason = "schema change"
         elif segment.is_empty:
             return segment
-        elif segment.size + batch.data.nbytes > self.config.segment_bytes:
+        elif segment.size + size > self.config.segment_bytes:
             reason = "segment.bytes"
         elif (segment.rolling_timestamp is not None
               and batch.header.max_timestamp - segment.rolling_timestamp >= self.config.segment_ms):
@@ -417,6 +426,7 @@ class Log:
     def set_high_watermark(self, offset: int) -> None:
         """Record the partition's high watermark (kept with the checkpoint on the next flush)."""
         with self._lock:
+            self._check_open()
             self.high_watermark = max(self.log_start_offset, min(offset, self.log_end_offset))
 
     def close(self) -> None:

@@ -121,9 +121,12 @@ class LogSegment:
             self._fd = None
         self._map = None
 
-    def delete(self) -> None:
+    def delete(self, data_only: bool = False) -> None:
+        """Remove the files (``data_only``: just the data file — a cleaned segment not yet swapped in
+        shares its index file names with the live segment it would replace)."""
         self.close()
-        for path in (self.path, self.offset_index.path, self.time_index.path):
+        paths = (self.path,) if data_only else (self.path, self.offset_index.path, self.time_index.path)
+        for path in paths:
             path.unlink(missing_ok=True)
 
     def rename_suffix(self, suffix: str) -> None:
@@ -140,13 +143,16 @@ class LogSegment:
     def fits(self, header: BatchHeader) -> bool:
         return header.last_offset - self.base_offset <= MAX_RELATIVE_OFFSET
 
-    def append(self, batch: StoredBatch) -> int:
-        """Write one stored batch at the end; returns the bytes written."""
+    def append(self, batch: StoredBatch, encoded: tuple[list, Frame] | None = None) -> int:
+        """Write one stored batch at the end (``encoded``: its message, if the caller already encoded it
+        to size it); returns the bytes written."""
         assert self._fd is not None, "append to a closed segment"
         assert batch.header.base_offset >= self.next_offset, (batch.header.base_offset, self.next_offset)
-        if self._encoder is None:
-            self._encoder = BatchEncoder(self.schema)
-        parts, frame = self._encoder.encode(batch)
+        if encoded is None:
+            if self._encoder is None:
+                self._encoder = BatchEncoder(self.schema)
+            encoded = self._encoder.encode(batch)
+        parts, frame = encoded
         written = os.pwritev(self._fd, parts, self.size)
         expected = sum(len(p) if isinstance(p, bytes) else p.size for p in parts)
         if written != expected:  # a short write leaves a torn tail; recovery will cut it
@@ -161,16 +167,21 @@ class LogSegment:
         """Update summary and indexes for a batch at ``position`` (on append and on rebuild)."""
         if self.batch_count == 0:
             self.rolling_timestamp = header.max_timestamp
-        if self._bytes_since_index_entry >= self.index_interval_bytes or self.batch_count == 0:
-            self.offset_index.append(header.base_offset - self.base_offset, position)
-            if header.max_timestamp > self.max_timestamp:
-                self.time_index.append(header.max_timestamp, header.base_offset - self.base_offset)
-            self._bytes_since_index_entry = 0
         if header.max_timestamp > self.max_timestamp:
             self.max_timestamp = header.max_timestamp
             self.offset_of_max_timestamp = header.base_offset
+        if self._bytes_since_index_entry >= self.index_interval_bytes or self.batch_count == 0:
+            self.offset_index.append(header.base_offset - self.base_offset, position)
+            self._append_time_entry()
+            self._bytes_since_index_entry = 0
         self.next_offset = header.next_offset
         self.batch_count += 1
+
+    def _append_time_entry(self) -> None:
+        """Time index entry for the max timestamp so far (Kafka's semantics: (max so far, its offset))."""
+        keys = self.time_index.keys
+        if self.max_timestamp > (keys[-1] if keys else NO_TIMESTAMP):
+            self.time_index.append(self.max_timestamp, self.offset_of_max_timestamp - self.base_offset)
 
     def flush(self, indexes: bool = True) -> None:
         """fsync the data; with ``indexes`` also write the index files. The active segment's indexes are
@@ -179,6 +190,7 @@ class LogSegment:
         if self._fd is not None:
             os.fsync(self._fd)
         if indexes:
+            self._append_time_entry()  # so a reopened segment knows its true max timestamp
             self.offset_index.flush()
             self.time_index.flush()
 
@@ -282,9 +294,16 @@ class LogSegment:
             return False
         keys, values = list(self.offset_index.keys), list(self.offset_index.values)
         tkeys, tvalues = list(self.time_index.keys), list(self.time_index.values)
+        if not tkeys:
+            return False
         try:
             first = next(self.headers())[1]
             self.rolling_timestamp = first.max_timestamp
+            # The time index must name a batch that really has its last timestamp (else rebuild).
+            at = self.base_offset + tvalues[-1]
+            holder = next((h for _, h in self._headers_from(at) if h.last_offset >= at), None)
+            if holder is None or holder.max_timestamp != tkeys[-1] or holder.base_offset != at:
+                return False
             self.max_timestamp = tkeys[-1] if tkeys else NO_TIMESTAMP
             self.offset_of_max_timestamp = self.base_offset + (tvalues[-1] if tvalues else 0)
             self.batch_count = 1
