@@ -1,5 +1,37 @@
-"""raystream: Kafka-like event streaming on Ray, backed by an Arrow segment log."""
+"""raystream: Kafka-like event streaming on Ray, backed by an Arrow segment log.
+
+    import raystream as rs
+    rs.init()                                   # embedded local cluster, or join a running one
+    rs.Admin().create_topic("orders", partitions=3)
+    with rs.Producer() as p:
+        p.send("orders", value=b"hello", key=b"k")
+"""
 
 __version__ = "0.1.0"
 
-# Public API names (Producer, Consumer, Topic, ...) get re-exported here in later issues.
+from raystream import errors  # noqa: E402
+from raystream.client import Admin, Consumer, Producer  # noqa: E402
+from raystream.protocol import (  # noqa: E402
+    BatchMetadata,
+    PartitionInfo,
+    Record,
+    RecordMetadata,
+    TopicDescription,
+    TopicPartition,
+)
+
+
+def __getattr__(name: str):
+    # init / shutdown / current live in raystream.api, which imports Ray: load it on first use so that
+    # `import raystream` (and the storage layer, the CLI's --help) stays light.
+    if name in ("init", "shutdown", "current"):
+        from raystream import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'raystream' has no attribute {name!r}")
+
+
+__all__ = [
+    "Admin", "BatchMetadata", "Consumer", "PartitionInfo", "Producer", "Record", "RecordMetadata",
+    "TopicDescription", "TopicPartition", "current", "errors", "init", "shutdown",
+]

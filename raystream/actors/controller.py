@@ -117,9 +117,12 @@ class Controller:
         """Register the brokers of all live nodes and (re)assert every replica's role. Idempotent."""
         async with self._lock_():
             await self._register_brokers()
-            if not self._started:
-                self._started = True
-                await asyncio.gather(*(self._ensure_replicas(t) for t in list(self.metadata.topics.values())))
+            # First start (or restart): every replica gets its role again. Later calls only replace
+            # replicas whose actors are gone (stopped for good, or their process could not be restarted).
+            only_missing = self._started
+            self._started = True
+            await asyncio.gather(*(self._ensure_replicas(t, only_missing=only_missing)
+                                   for t in list(self.metadata.topics.values())))
             return dict(self.metadata.brokers)
 
     async def _register_brokers(self) -> None:
@@ -162,17 +165,28 @@ class Controller:
         ).remote(self.cluster, topic, partition, broker_id, log_dir, state.config, state.schema,
                  state.key_column, controller_actor_name(self.cluster), vars(self.broker_config))
 
-    async def _ensure_replicas(self, topic: TopicState, partitions: list[int] | None = None) -> None:
-        """Create (or find) the replica actors of ``partitions`` concurrently and send them their roles."""
+    async def _ensure_replicas(self, topic: TopicState, partitions: list[int] | None = None,
+                               only_missing: bool = False) -> None:
+        """Create (or find) the replica actors of ``partitions`` concurrently and send them their roles
+        (``only_missing``: only to replicas whose actor had to be created)."""
         parts = [topic.partitions[p] for p in (partitions if partitions is not None else sorted(topic.partitions))]
         calls = []
         for state in parts:
             for broker in state.replicas:
                 if not self.metadata.brokers.get(broker, BrokerInfo(broker, "", "", False)).alive:
                     continue
+                if only_missing and self._replica_exists(topic.name, state.partition, broker):
+                    continue
                 handle = self._replica_handle(topic.name, state.partition, broker)
                 calls.append(self._send_role(handle, state, broker))
         await asyncio.gather(*calls)
+
+    def _replica_exists(self, topic: str, partition: int, broker: int) -> bool:
+        try:
+            self._replica_handle(topic, partition, broker, create=False)
+        except ValueError:
+            return False
+        return True
 
     @staticmethod
     async def _send_role(handle, state: PartitionState, broker: int) -> None:

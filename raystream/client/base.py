@@ -1,0 +1,81 @@
+"""The transport interface every client programs against — and nothing about Ray.
+
+A transport carries requests to the controller (blocking calls: metadata and admin) and to partition
+replicas (asynchronous calls returning :class:`concurrent.futures.Future`, so a producer can keep one
+request in flight per partition and a consumer can prefetch). Implementations must deliver failures as
+:mod:`raystream.errors` exceptions (or the ``TypeError``/``ValueError`` a replica raised), never as
+transport-specific ones: :class:`raystream.client.transport.RayTransport` maps Ray's exceptions in one place,
+and the unit tests use an in-process fake.
+"""
+
+from __future__ import annotations
+
+import abc
+from concurrent.futures import Future
+from typing import Any
+
+import pyarrow as pa
+
+from raystream.protocol import (
+    BrokerInfo,
+    FetchResult,
+    ProduceResult,
+    TopicDescription,
+    TopicMetadata,
+    TopicPartition,
+)
+
+
+class BaseTransport(abc.ABC):
+    """Requests to one raystream cluster. Implementations are thread-safe (producers call from their sender
+    thread, consumers from the user's thread, both at once)."""
+
+    cluster: str
+
+    # -- controller (blocking; ``timeout_s=None`` waits forever; expiry raises RequestTimeoutError) -----------
+    @abc.abstractmethod
+    def get_metadata(self, topics: list[str] | None = None,
+                     timeout_s: float | None = None) -> dict[str, TopicMetadata]: ...
+
+    @abc.abstractmethod
+    def get_brokers(self, timeout_s: float | None = None) -> dict[int, BrokerInfo]: ...
+
+    @abc.abstractmethod
+    def create_topic(self, name: str, partitions: int, replication_factor: int,
+                     config: dict[str, Any] | None = None, schema_bytes: bytes | None = None,
+                     key_column: str | None = None, timeout_s: float | None = None) -> TopicMetadata: ...
+
+    @abc.abstractmethod
+    def delete_topic(self, name: str, timeout_s: float | None = None) -> None: ...
+
+    @abc.abstractmethod
+    def list_topics(self, timeout_s: float | None = None) -> list[str]: ...
+
+    @abc.abstractmethod
+    def describe_topic(self, name: str, timeout_s: float | None = None) -> TopicDescription: ...
+
+    @abc.abstractmethod
+    def alter_topic_config(self, name: str, config: dict[str, Any], timeout_s: float | None = None) -> Any: ...
+
+    @abc.abstractmethod
+    def create_partitions(self, name: str, total: int, timeout_s: float | None = None) -> Any: ...
+
+    # -- partition replicas (asynchronous) --------------------------------------------------------------------
+    @abc.abstractmethod
+    def produce(self, tp: TopicPartition, broker_id: int, batch: pa.RecordBatch, acks: int, timeout_ms: int,
+                leader_epoch: int | None = None) -> Future[ProduceResult]: ...
+
+    @abc.abstractmethod
+    def fetch(self, tp: TopicPartition, broker_id: int, offset: int, max_bytes: int, max_wait_ms: int,
+              min_bytes: int, columns: list[str] | None = None,
+              leader_epoch: int | None = None) -> Future[FetchResult]: ...
+
+    @abc.abstractmethod
+    def list_offset(self, tp: TopicPartition, broker_id: int, spec: int) -> Future[int]: ...
+
+
+def failed_future(exc: BaseException) -> Future:
+    """A future that already failed with ``exc`` (for errors found before a request could be sent)."""
+    future: Future = Future()
+    future.set_exception(exc)
+    return future

@@ -1,0 +1,420 @@
+"""``Consumer``: reads records of assigned partitions (manual assignment; consumer groups come later).
+
+``poll`` returns up to ``max_poll_records`` :class:`~raystream.protocol.Record` objects (headers as a list
+of ``(key, value)`` tuples, as kafka-python); ``poll_arrow`` returns a ``pyarrow.Table`` without converting
+anything to Python. Fetching, prefetching and position resets live in :mod:`raystream.client.fetcher`.
+
+Not thread-safe (like Kafka's consumer): use one consumer from one thread at a time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import pyarrow as pa
+
+from raystream.client import context
+from raystream.client.base import BaseTransport
+from raystream.client.convert import (
+    SYSTEM_OUTPUT_FIELDS,
+    arrow_table,
+    output_schema,
+    to_arrow,
+    to_records,
+    user_schema,
+)
+from raystream.client.fetcher import RESET_SPECS, Fetcher
+from raystream.client.metadata import MetadataCache
+from raystream.errors import ClosedError, RequestTimeoutError, UnknownTopicOrPartitionError
+from raystream.protocol import EARLIEST, LATEST, Record, TopicPartition
+from raystream.storage.batch import OFFSET_COLUMN, TIMESTAMP_COLUMN
+
+log = logging.getLogger(__name__)
+
+_GROUPS = "consumer groups arrive in a later release"
+_SYSTEM_NAMES = {f.name for f in SYSTEM_OUTPUT_FIELDS}
+
+
+@dataclasses.dataclass(frozen=True)
+class OffsetAndTimestamp:
+    """Answer of ``offsets_for_times``: the first offset whose timestamp is >= the one asked, and the
+    timestamp of that record."""
+
+    offset: int
+    timestamp: int
+
+
+def _check_timeout(name: str, value: Any) -> float | None:
+    if value is None:
+        return None
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise TypeError(f"{name} must be a number of seconds, got {type(value).__name__}")
+    if math.isnan(value) or value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
+    return float(value)
+
+
+def _check_int(name: str, value: Any, minimum: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+
+
+def _check_tp(tp: Any) -> TopicPartition:
+    if not isinstance(tp, TopicPartition):
+        raise TypeError(f"expected a TopicPartition, got {type(tp).__name__}")
+    return tp
+
+
+def _tp_list(partitions: Any) -> list[TopicPartition]:
+    if isinstance(partitions, TopicPartition):
+        return [partitions]
+    if isinstance(partitions, (str, bytes)) or not isinstance(partitions, Iterable):
+        raise TypeError("partitions must be a list of TopicPartition")
+    return [_check_tp(tp) for tp in partitions]
+
+
+class Consumer:
+    """A Kafka-style consumer; configuration uses Kafka's names with underscores and Kafka's defaults.
+
+    ``group_id``, ``enable_auto_commit``, ``session_timeout_ms`` and the other group settings are accepted
+    now and used once consumer groups exist; ``subscribe``/``commit``/``committed`` raise
+    NotImplementedError until then."""
+
+    def __init__(self, *, group_id: str | None = None, auto_offset_reset: str = "latest",
+                 enable_auto_commit: bool = True, auto_commit_interval_ms: int = 5000,
+                 isolation_level: str = "read_uncommitted", session_timeout_ms: int = 45_000,
+                 heartbeat_interval_ms: int = 3000, max_poll_interval_ms: int = 300_000,
+                 max_poll_records: int = 500, fetch_min_bytes: int = 1, fetch_max_wait_ms: int = 500,
+                 fetch_max_bytes: int = 52_428_800, max_partition_fetch_bytes: int = 1_048_576,
+                 request_timeout_ms: int = 30_000, retry_backoff_ms: int = 100,
+                 metadata_max_age_ms: int = 300_000, default_api_timeout_ms: int = 60_000,
+                 consumer_timeout_ms: int | None = None,
+                 key_deserializer: Callable[[bytes], Any] | None = None,
+                 value_deserializer: Callable[[bytes], Any] | None = None, client_id: str | None = None,
+                 cluster: Any = None, transport: BaseTransport | None = None) -> None:
+        if group_id is not None and not isinstance(group_id, str):
+            raise TypeError("group_id must be a str or None")
+        if auto_offset_reset not in RESET_SPECS:
+            raise ValueError(f"auto_offset_reset must be 'earliest', 'latest' or 'none', got {auto_offset_reset!r}")
+        if isolation_level not in ("read_uncommitted", "read_committed"):
+            raise ValueError(f"isolation_level must be 'read_uncommitted' or 'read_committed', "
+                             f"got {isolation_level!r}")
+        for name, value, minimum in (("max_poll_records", max_poll_records, 1), ("fetch_min_bytes", fetch_min_bytes, 0),
+                                     ("fetch_max_wait_ms", fetch_max_wait_ms, 0), ("fetch_max_bytes", fetch_max_bytes, 1),
+                                     ("max_partition_fetch_bytes", max_partition_fetch_bytes, 1),
+                                     ("request_timeout_ms", request_timeout_ms, 1),
+                                     ("retry_backoff_ms", retry_backoff_ms, 0),
+                                     ("metadata_max_age_ms", metadata_max_age_ms, 0),
+                                     ("default_api_timeout_ms", default_api_timeout_ms, 1),
+                                     ("auto_commit_interval_ms", auto_commit_interval_ms, 0),
+                                     ("session_timeout_ms", session_timeout_ms, 1),
+                                     ("heartbeat_interval_ms", heartbeat_interval_ms, 1),
+                                     ("max_poll_interval_ms", max_poll_interval_ms, 1)):
+            _check_int(name, value, minimum)
+        if consumer_timeout_ms is not None:
+            _check_int("consumer_timeout_ms", consumer_timeout_ms, 0)
+        for name, fn in (("key_deserializer", key_deserializer), ("value_deserializer", value_deserializer)):
+            if fn is not None and not callable(fn):
+                raise TypeError(f"{name} must be callable")
+        self._transport = context.resolve(cluster, transport)
+        self.group_id = group_id
+        self.client_id = client_id
+        self.enable_auto_commit = bool(enable_auto_commit)
+        self.isolation_level = isolation_level
+        self.max_poll_records = max_poll_records
+        self._api_timeout_s = default_api_timeout_ms / 1000
+        self._consumer_timeout_s = None if consumer_timeout_ms is None else consumer_timeout_ms / 1000
+        self._key_deserializer = key_deserializer
+        self._value_deserializer = value_deserializer
+        self._metadata = MetadataCache(self._transport, request_timeout_ms=request_timeout_ms,
+                                       retry_backoff_ms=retry_backoff_ms, max_age_ms=metadata_max_age_ms)
+        self._fetcher = Fetcher(self._transport, self._metadata, auto_offset_reset=auto_offset_reset,
+                                fetch_min_bytes=fetch_min_bytes, fetch_max_wait_ms=fetch_max_wait_ms,
+                                fetch_max_bytes=fetch_max_bytes, max_partition_fetch_bytes=max_partition_fetch_bytes,
+                                request_timeout_ms=request_timeout_ms, retry_backoff_ms=retry_backoff_ms)
+        self._iter_records: deque[Record] = deque()
+        self._closed = False
+
+    # -- assignment ------------------------------------------------------------------------------------------
+    def assign(self, partitions: Iterable[TopicPartition]) -> None:
+        """Read exactly these partitions (replacing any previous assignment; positions of partitions kept
+        are kept). Raises UnknownTopicOrPartitionError for a partition that does not exist."""
+        self._check_open()
+        tps = list(dict.fromkeys(_tp_list(partitions)))
+        for tp in tps:
+            if not isinstance(tp.topic, str) or not isinstance(tp.partition, int) or tp.partition < 0:
+                raise ValueError(f"invalid partition {tp!r}")
+        for topic in sorted({tp.topic for tp in tps}):
+            meta = self._metadata.get(topic, timeout_s=self._api_timeout_s)
+            missing = [tp.partition for tp in tps if tp.topic == topic and tp.partition >= len(meta.partitions)]
+            if missing:
+                self._metadata.refresh([topic], strict=True)
+                meta = self._metadata.get(topic)
+                missing = [p for p in missing if p >= len(meta.partitions)]
+            if missing:
+                raise UnknownTopicOrPartitionError(f"topic {topic!r} has {len(meta.partitions)} partitions; "
+                                                   f"no partition {missing}", topic=topic, partitions=missing)
+        self._fetcher.assign(tps)
+        self._iter_records.clear()
+
+    def assignment(self) -> set[TopicPartition]:
+        self._check_open()
+        return set(self._fetcher.states)
+
+    def unsubscribe(self) -> None:
+        """Drop the assignment (Kafka's ``unsubscribe`` also ends a manual assignment)."""
+        self._check_open()
+        self._fetcher.assign([])
+        self._iter_records.clear()
+
+    def subscribe(self, topics: Any = None, on_assign: Any = None, on_revoke: Any = None, **kwargs: Any) -> None:
+        raise NotImplementedError(_GROUPS)
+
+    def subscription(self) -> set[str]:
+        raise NotImplementedError(_GROUPS)
+
+    def commit(self, offsets: Any = None, asynchronous: bool = False) -> None:
+        raise NotImplementedError(_GROUPS)
+
+    def committed(self, partitions: Any, timeout: float | None = None) -> Any:
+        raise NotImplementedError(_GROUPS)
+
+    # -- polling ---------------------------------------------------------------------------------------------
+    def poll(self, timeout: float = 1.0, max_records: int | None = None) -> list[Record]:
+        """Up to ``max_records`` (default ``max_poll_records``) records, waiting up to ``timeout`` s for
+        some. Headers are lists of ``(key, value)`` tuples."""
+        self._check_open()
+        timeout = _check_timeout("timeout", timeout)
+        if max_records is not None:
+            _check_int("max_records", max_records, 1)
+        self._fetcher.columns = {}
+        records: list[Record] = []
+        for tp, batch in self._poll(timeout, max_records or self.max_poll_records):
+            meta = self._metadata.get(tp.topic)
+            records.extend(to_records(tp, batch, meta, self._key_deserializer, self._value_deserializer))
+        return records
+
+    def poll_arrow(self, timeout: float = 1.0, columns: list[str] | None = None,
+                   max_records: int | None = None) -> pa.Table:
+        """The buffered records as one ``pyarrow.Table`` — ``topic`` (dictionary-encoded), ``partition``
+        (int32), ``offset``, ``timestamp`` (int64 ms), then the user columns (``columns``: a selection,
+        fetched alone from the partitions; None: all). Returns every buffered row unless ``max_records``
+        caps it (``max_poll_records`` does not apply: the fetch sizes bound it)."""
+        self._check_open()
+        timeout = _check_timeout("timeout", timeout)
+        if max_records is not None:
+            _check_int("max_records", max_records, 1)
+        selection = self._selection(columns)
+        metas = {tp.topic: self._metadata.get(tp.topic) for tp in self._fetcher.states}
+        self._fetcher.columns = ({} if selection is None else
+                                 {t: tuple(c for c in selection if c in user_schema(m).names)
+                                  for t, m in metas.items()})
+        pieces = [to_arrow(tp, batch, self._fetcher.columns.get(tp.topic))
+                  for tp, batch in self._poll(timeout, max_records)]
+        return arrow_table(pieces, output_schema(list(metas.values()), selection))
+
+    def _selection(self, columns: Any) -> tuple[str, ...] | None:
+        if columns is None:
+            return None
+        if isinstance(columns, str) or not isinstance(columns, Iterable):
+            raise TypeError("columns must be a list of column names or None")
+        columns = list(columns)
+        if not all(isinstance(c, str) for c in columns):
+            raise TypeError("columns must be a list of column names")
+        wanted = tuple(dict.fromkeys(c for c in columns if c not in _SYSTEM_NAMES
+                                     and c not in (OFFSET_COLUMN, TIMESTAMP_COLUMN)))
+        known = set()
+        for topic in {tp.topic for tp in self._fetcher.states}:
+            known.update(user_schema(self._metadata.get(topic)).names)
+        unknown = [c for c in wanted if c not in known]
+        if unknown and self._fetcher.states:
+            raise ValueError(f"unknown columns {unknown}; the assigned topics have {sorted(known)}")
+        return wanted
+
+    def _poll(self, timeout: float | None, max_records: int | None) -> list[tuple[TopicPartition, pa.RecordBatch]]:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        fetcher = self._fetcher
+        while True:
+            fetcher.reset_positions(0.0)  # sends or takes in list_offset requests; never waits here
+            fetcher.collect()
+            pieces = fetcher.take(max_records)
+            fetcher.send_fetches()  # the prefetch: travels while the caller processes ``pieces``
+            if pieces:
+                return pieces
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return []
+            fetcher.wait(self._api_timeout_s if remaining is None else remaining)
+
+    # -- positions -------------------------------------------------------------------------------------------
+    def _assigned(self, tp: Any) -> TopicPartition:
+        tp = _check_tp(tp)
+        if tp not in self._fetcher.states:
+            raise ValueError(f"partition {tp} is not assigned to this consumer")
+        return tp
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        """Read ``tp`` from ``offset`` on (data already fetched for it is dropped)."""
+        self._check_open()
+        tp = self._assigned(tp)
+        _check_int("offset", offset, 0)
+        self._fetcher.seek(tp, offset)
+        self._iter_records.clear()
+
+    def seek_to_beginning(self, partitions: Any = None) -> None:
+        """Move to the log start offset of ``partitions`` (default: all assigned), lazily as Kafka does."""
+        self._seek_to(partitions, EARLIEST)
+
+    def seek_to_end(self, partitions: Any = None) -> None:
+        """Move to the high watermark of ``partitions`` (default: all assigned), lazily as Kafka does."""
+        self._seek_to(partitions, LATEST)
+
+    def _seek_to(self, partitions: Any, spec: int) -> None:
+        self._check_open()
+        tps = list(self._fetcher.states) if partitions is None else [self._assigned(tp) for tp in _tp_list(partitions)]
+        for tp in tps:
+            self._fetcher.request_reset(tp, spec)
+        self._iter_records.clear()
+
+    def position(self, tp: TopicPartition, timeout: float | None = None) -> int:
+        """The offset of the next record ``poll`` will return for ``tp`` (resolving a pending reset)."""
+        self._check_open()
+        tp = self._assigned(tp)
+        timeout = _check_timeout("timeout", timeout)
+        timeout = self._api_timeout_s if timeout is None else timeout
+        if not self._fetcher.reset_positions(timeout, [tp]):
+            raise RequestTimeoutError(f"position of {tp} not found within {timeout} s")
+        position = self._fetcher.states[tp].position
+        assert position is not None
+        return position
+
+    def highwater(self, tp: TopicPartition) -> int | None:
+        """The partition's high watermark as of the last fetch (None before any)."""
+        self._check_open()
+        return self._fetcher.states[self._assigned(tp)].high_watermark
+
+    def beginning_offsets(self, partitions: Iterable[TopicPartition], timeout: float | None = None
+                          ) -> dict[TopicPartition, int]:
+        return self._list_offsets(partitions, EARLIEST, timeout)
+
+    def end_offsets(self, partitions: Iterable[TopicPartition], timeout: float | None = None
+                    ) -> dict[TopicPartition, int]:
+        """The high watermark of each partition (the offset the next record will get)."""
+        return self._list_offsets(partitions, LATEST, timeout)
+
+    def _list_offsets(self, partitions: Any, spec: int, timeout: Any) -> dict[TopicPartition, int]:
+        self._check_open()
+        tps = _tp_list(partitions)
+        timeout = _check_timeout("timeout", timeout)
+        self._load_metadata(tps)
+        return self._fetcher.list_offsets({tp: spec for tp in tps}, self._api_timeout_s if timeout is None else timeout)
+
+    def offsets_for_times(self, timestamps: Mapping[TopicPartition, int], timeout: float | None = None
+                          ) -> dict[TopicPartition, OffsetAndTimestamp | None]:
+        """For each partition, the earliest offset whose timestamp is >= the given one (ms), with that
+        record's timestamp; None when there is no such record."""
+        self._check_open()
+        if not isinstance(timestamps, Mapping):
+            raise TypeError("timestamps must be a mapping of TopicPartition -> timestamp ms")
+        for tp, ts in timestamps.items():
+            _check_tp(tp)
+            _check_int(f"timestamp for {tp}", ts, 0)
+        timeout = _check_timeout("timeout", timeout)
+        timeout = self._api_timeout_s if timeout is None else timeout
+        self._load_metadata(list(timestamps))
+        offsets = self._fetcher.list_offsets(dict(timestamps), timeout)
+        return {tp: (None if offsets[tp] < 0 else OffsetAndTimestamp(offsets[tp], self._timestamp_at(tp, offsets[tp],
+                                                                                                   timeout)))
+                for tp in timestamps}
+
+    def _timestamp_at(self, tp: TopicPartition, offset: int, timeout: float) -> int:
+        leader = self._metadata.leader(tp)
+        if leader is None:
+            return -1
+        try:
+            result = self._transport.fetch(tp, leader[0], offset, 1, 0, 0, [], leader[1]).result(timeout)
+        except Exception as exc:  # the offset is the answer that matters; its timestamp is a courtesy
+            log.debug("timestamp of %s@%d unavailable: %s", tp, offset, exc)
+            return -1
+        for batch in result.batches:
+            if batch.num_rows:
+                return batch.column(TIMESTAMP_COLUMN)[0].as_py()
+        return -1
+
+    def _load_metadata(self, tps: list[TopicPartition]) -> None:
+        for topic in sorted({tp.topic for tp in tps}):
+            self._metadata.get(topic, timeout_s=self._api_timeout_s)
+
+    # -- flow control ----------------------------------------------------------------------------------------
+    def pause(self, partitions: Iterable[TopicPartition]) -> None:
+        """Stop fetching (and returning) these partitions until ``resume``; buffered data is kept."""
+        self._check_open()
+        for tp in _tp_list(partitions):
+            self._fetcher.states[self._assigned(tp)].paused = True
+
+    def resume(self, partitions: Iterable[TopicPartition]) -> None:
+        self._check_open()
+        for tp in _tp_list(partitions):
+            self._fetcher.states[self._assigned(tp)].paused = False
+
+    def paused(self) -> set[TopicPartition]:
+        self._check_open()
+        return {tp for tp, state in self._fetcher.states.items() if state.paused}
+
+    # -- topics ----------------------------------------------------------------------------------------------
+    def topics(self) -> set[str]:
+        self._check_open()
+        return set(self._transport.list_topics(timeout_s=self._api_timeout_s))
+
+    def partitions_for_topic(self, topic: str) -> set[int]:
+        self._check_open()
+        if not isinstance(topic, str):
+            raise TypeError("topic must be a str")
+        return set(range(len(self._metadata.get(topic, timeout_s=self._api_timeout_s).partitions)))
+
+    # -- lifecycle -------------------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Stop consuming; fetches in flight are abandoned. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._fetcher.assign([])
+        self._iter_records.clear()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedError("consumer is closed")
+
+    def __enter__(self) -> Consumer:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    def __iter__(self) -> Consumer:
+        return self
+
+    def __next__(self) -> Record:
+        """The next record, polling as needed; stops after ``consumer_timeout_ms`` without one (default:
+        never) or once the consumer is closed."""
+        deadline = None if self._consumer_timeout_s is None else time.monotonic() + self._consumer_timeout_s
+        while not self._iter_records:
+            if self._closed:
+                raise StopIteration
+            remaining = 1.0 if deadline is None else deadline - time.monotonic()
+            if remaining <= 0:
+                raise StopIteration
+            self._iter_records.extend(self.poll(min(remaining, 1.0)))
+        return self._iter_records.popleft()

@@ -1,0 +1,291 @@
+"""``Producer``: sends records to topics, batching them per partition on a background thread.
+
+``send`` appends a record to its partition's batch in the accumulator and returns a light future at once
+(it blocks only to fetch a topic's metadata the first time, or while ``buffer_memory`` is full); the
+sender thread ships batches (see :mod:`raystream.client.sender`). Partitioning is Kafka's: an explicit
+``partition``; else ``murmur2(key) % partitions`` (identical to Kafka's Java client); else the topic's
+sticky partition, kept until its batch is sent.
+
+Thread-safe: any number of threads may send, flush and close concurrently.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from raystream.client import context
+from raystream.client.accumulator import RECORDS, ROWS, RecordAccumulator
+from raystream.client.base import BaseTransport
+from raystream.client.batches import key_partitions, record_table, split_by_partition
+from raystream.client.futures import BatchFuture, RecordFuture, ResultTimeoutError, wait_all
+from raystream.client.metadata import MetadataCache
+from raystream.client.sender import Sender
+from raystream.client.serde import normalize_headers, record_size, row_size, serialize
+from raystream.core.partitioner import partition_for_key
+from raystream.errors import ClosedError, RecordTooLargeError, UnknownTopicOrPartitionError
+from raystream.protocol import TopicMetadata, TopicPartition
+
+log = logging.getLogger(__name__)
+
+_ACKS = {0: 0, 1: 1, -1: -1, "all": -1, "0": 0, "1": 1, "-1": -1}
+_TRANSACTIONS = "transactions arrive in a later release"
+_instances = 0
+
+
+def _check_int(name: str, value: Any, minimum: int = 0) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Producer:
+    """A Kafka-style producer. Configuration uses Kafka's names with underscores (``linger_ms``) and
+    Kafka's defaults, except ``batch_size`` (1 MiB: Arrow batches pay off when large)."""
+
+    def __init__(self, *, acks: int | str = "all", linger_ms: int = 5, batch_size: int = 1_048_576,
+                 buffer_memory: int = 32 * 1024 * 1024, max_block_ms: int = 60_000,
+                 max_request_size: int = 1_048_576, delivery_timeout_ms: int = 120_000,
+                 request_timeout_ms: int = 30_000, retries: int = 2_147_483_647, retry_backoff_ms: int = 100,
+                 max_in_flight_requests_per_connection: int = 5, metadata_max_age_ms: int = 300_000,
+                 key_serializer: Callable[[Any], Any] | None = None,
+                 value_serializer: Callable[[Any], Any] | None = None, enable_idempotence: bool = True,
+                 transactional_id: str | None = None, client_id: str | None = None, cluster: Any = None,
+                 transport: BaseTransport | None = None) -> None:
+        if acks not in _ACKS or isinstance(acks, bool):
+            raise ValueError(f"acks must be 0, 1 or 'all', got {acks!r}")
+        for name, value in (("linger_ms", linger_ms), ("max_block_ms", max_block_ms),
+                            ("request_timeout_ms", request_timeout_ms), ("retries", retries),
+                            ("retry_backoff_ms", retry_backoff_ms), ("delivery_timeout_ms", delivery_timeout_ms),
+                            ("metadata_max_age_ms", metadata_max_age_ms)):
+            _check_int(name, value)
+        for name, value in (("batch_size", batch_size), ("buffer_memory", buffer_memory),
+                            ("max_request_size", max_request_size),
+                            ("max_in_flight_requests_per_connection", max_in_flight_requests_per_connection)):
+            _check_int(name, value, 1)
+        if delivery_timeout_ms < linger_ms + request_timeout_ms:
+            raise ValueError(f"delivery_timeout_ms ({delivery_timeout_ms}) must be >= linger_ms + "
+                             f"request_timeout_ms ({linger_ms + request_timeout_ms}), as in Kafka")
+        for name, fn in (("key_serializer", key_serializer), ("value_serializer", value_serializer)):
+            if fn is not None and not callable(fn):
+                raise TypeError(f"{name} must be callable")
+        if transactional_id is not None and not isinstance(transactional_id, str):
+            raise TypeError("transactional_id must be a str or None")
+        self._transport = context.resolve(cluster, transport)
+        global _instances
+        _instances += 1
+        self.client_id = client_id or f"producer-{_instances}"
+        self.acks = _ACKS[acks]
+        self.max_request_size = max_request_size
+        self.max_block_ms = max_block_ms
+        self.enable_idempotence = bool(enable_idempotence)  # accepted; idempotence arrives in a later release
+        self.transactional_id = transactional_id
+        self._key_serializer = key_serializer
+        self._value_serializer = value_serializer
+        self._rng = random.Random()
+        self._metadata = MetadataCache(self._transport, request_timeout_ms=request_timeout_ms,
+                                       retry_backoff_ms=retry_backoff_ms, max_age_ms=metadata_max_age_ms)
+        self._acc = RecordAccumulator(batch_size=batch_size, linger_ms=linger_ms, buffer_memory=buffer_memory,
+                                      max_block_ms=max_block_ms, delivery_timeout_ms=delivery_timeout_ms,
+                                      rng=self._rng)
+        self._sender = Sender(self._acc, self._metadata, self._transport, acks=self.acks, retries=retries,
+                              retry_backoff_ms=retry_backoff_ms, request_timeout_ms=request_timeout_ms,
+                              delivery_timeout_ms=delivery_timeout_ms, name=f"raystream-{self.client_id}-sender")
+        self._close_lock = threading.Lock()
+        self._closed = False
+        self._sender.start()
+
+    # -- sending ---------------------------------------------------------------------------------------------
+    def send(self, topic: str, value: Any = None, key: Any = None, headers: Any = None,
+             partition: int | None = None, timestamp: int | None = None) -> RecordFuture:
+        """Queue one record; returns a future of its :class:`~raystream.protocol.RecordMetadata`.
+
+        ``value``/``key``: bytes, str (UTF-8) or None, or anything the serializers accept. For a topic
+        with a schema (Arrow-native), ``value`` is a mapping of column → value (one row) and the key, if
+        not given, is taken from the topic's key column. ``headers``: mapping or list of (str, bytes|str).
+        Raises RecordTooLargeError for a record above ``max_request_size``."""
+        self._check_open()
+        if not isinstance(topic, str) or not topic:
+            raise TypeError(f"topic must be a non-empty str, got {topic!r}")
+        if partition is not None:
+            _check_int("partition", partition)
+        if timestamp is not None:
+            _check_int("timestamp", timestamp)
+        headers_list = normalize_headers(headers)
+        meta = self._metadata.get(topic, timeout_s=self.max_block_ms / 1000)
+        schema = meta.schema
+        key_bytes = serialize(self._key_serializer, key, "key")
+        if schema is None:
+            kind, data = RECORDS, serialize(self._value_serializer, value, "value")
+            size = record_size(key_bytes, data, headers_list)
+        else:
+            kind, data = ROWS, self._value_serializer(value) if self._value_serializer else value
+            if not isinstance(data, Mapping):
+                raise TypeError(f"topic {topic!r} has a schema: value must be a mapping of column -> value "
+                                f"(or use send_batch), got {type(data).__name__}")
+            if headers_list:
+                raise ValueError(f"topic {topic!r} has a schema: its records carry no headers")
+            data = dict(data)
+            if key_bytes is None and meta.key_column is not None:
+                raw = data.get(meta.key_column)  # hashed as its string form, as send_batch does
+                key_bytes = None if raw is None else serialize(None, raw if isinstance(raw, (bytes, str))
+                                                               else str(raw), "key")
+            size = row_size(data)
+        if size > self.max_request_size:
+            raise RecordTooLargeError(f"record of about {size} bytes for {topic!r} exceeds "
+                                      f"max_request_size={self.max_request_size}", size=size,
+                                      limit=self.max_request_size)
+        if size > self._acc.buffer_memory:
+            raise RecordTooLargeError(f"record of about {size} bytes exceeds buffer_memory="
+                                      f"{self._acc.buffer_memory}", size=size, limit=self._acc.buffer_memory)
+        n_partitions = len(meta.partitions)
+        if partition is not None:
+            meta = self._check_partition(meta, partition)
+        elif key_bytes is not None:
+            partition = partition_for_key(key_bytes, n_partitions)
+        ts = _now_ms() if timestamp is None else timestamp
+        return self._acc.append(topic, partition, meta, kind, key_bytes, data, headers_list, ts, size, schema)
+
+    def send_batch(self, topic: str, table: pa.Table | pa.RecordBatch, partition: int | None = None,
+                   key_column: str | None = None) -> BatchFuture:
+        """Send many rows at once, without converting them to Python. Returns a future of
+        ``list[BatchMetadata]`` (one entry per produce request, in order).
+
+        A topic without a schema takes a table with a ``value`` column and optional ``key``, ``timestamp``
+        (int64 ms or an Arrow timestamp) and ``headers`` columns; a topic with a schema takes tables of
+        that schema (plus an optional int64 ``_timestamp``). Rows go to ``partition`` if given; else by
+        murmur2 of ``key_column`` (default: ``key``, or the topic's key column), vectorised; else all to
+        one (sticky) partition. Large tables are cut into requests of at most ``max_request_size`` bytes."""
+        self._check_open()
+        if not isinstance(topic, str) or not topic:
+            raise TypeError(f"topic must be a non-empty str, got {topic!r}")
+        if isinstance(table, pa.RecordBatch):
+            table = pa.Table.from_batches([table])
+        if not isinstance(table, pa.Table):
+            raise TypeError(f"table must be a pyarrow.Table or RecordBatch, got {type(table).__name__}")
+        if partition is not None:
+            _check_int("partition", partition)
+        if key_column is not None and not isinstance(key_column, str):
+            raise TypeError("key_column must be a str or None")
+        meta = self._metadata.get(topic, timeout_s=self.max_block_ms / 1000)
+        if meta.schema is None:
+            data = record_table(table)
+            key_column = key_column or ("key" if "key" in table.column_names else None)
+            if key_column is not None and key_column not in ("key",):
+                raise ValueError(f"topic {topic!r} has no schema: its key column is 'key', not {key_column!r}")
+        else:
+            data = table
+            key_column = key_column or meta.key_column
+        if key_column is not None and key_column not in data.column_names:
+            raise ValueError(f"key_column {key_column!r} is not a column of the table {data.column_names}")
+        if data.num_rows == 0:
+            return BatchFuture([])
+        if partition is not None:
+            meta = self._check_partition(meta, partition)
+            partitions: np.ndarray | int = partition
+        elif key_column is not None:
+            partitions = self._partitions_for(meta, data.column(key_column))
+        else:
+            partitions = self._acc.pick_partition(meta)
+        pieces = split_by_partition(data, partitions, self.max_request_size)
+        return BatchFuture([self._acc.append_arrow(TopicPartition(topic, p), piece) for p, piece in pieces])
+
+    def _partitions_for(self, meta: TopicMetadata, keys: pa.ChunkedArray) -> np.ndarray:
+        parts = key_partitions(keys, len(meta.partitions))
+        nulls = parts < 0
+        if nulls.any():
+            parts[nulls] = self._acc.pick_partition(meta)
+        return parts
+
+    def _check_partition(self, meta: TopicMetadata, partition: int) -> TopicMetadata:
+        if partition < len(meta.partitions):
+            return meta
+        self._metadata.refresh([meta.name], timeout_s=self.max_block_ms / 1000, strict=True)
+        meta = self._metadata.get(meta.name)
+        if partition >= len(meta.partitions):
+            raise UnknownTopicOrPartitionError(
+                f"partition {partition} of topic {meta.name!r} does not exist ({len(meta.partitions)} "
+                f"partitions)", topic=meta.name, partition=partition)
+        return meta
+
+    def partitions_for(self, topic: str) -> set[int]:
+        """The partition numbers of ``topic`` (kafka-python's ``partitions_for``)."""
+        self._check_open()
+        return set(range(len(self._metadata.get(topic, timeout_s=self.max_block_ms / 1000).partitions)))
+
+    # -- flush and close -------------------------------------------------------------------------------------
+    def flush(self, timeout: float | None = None) -> None:
+        """Send every record queued so far now (ignoring ``linger_ms``) and wait until each is acknowledged
+        or failed (failures are reported on the records' futures). ``timeout`` (s) expiring raises
+        ResultTimeoutError."""
+        with self._acc.cond:
+            self._acc.flushing += 1
+            self._acc.wakeup = True
+            self._acc.cond.notify_all()
+        try:
+            pending = self._acc.incomplete()
+            if not wait_all(pending, timeout):
+                left = sum(1 for r in pending if not r.done())
+                raise ResultTimeoutError(f"flush did not complete within {timeout} s ({left} batch(es) pending)")
+        finally:
+            with self._acc.cond:
+                self._acc.flushing -= 1
+
+    def close(self, timeout: float | None = None) -> None:
+        """Send what is queued, wait for it (up to ``timeout`` s; None waits as long as delivery takes),
+        stop the sender thread. Records still unsent at the timeout fail with ClosedError. Idempotent."""
+        with self._close_lock:
+            first = not self._closed
+            self._closed = True
+        if first:
+            self._sender.initiate_close()
+        if threading.current_thread() is self._sender.thread:
+            return  # called from a callback: the sender finishes on its own
+        self._sender.thread.join(timeout)
+        if self._sender.thread.is_alive():
+            log.warning("producer %s: close timed out; failing unsent records", self.client_id)
+            self._sender.force_close()
+            self._sender.thread.join()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedError(f"producer {self.client_id} is closed")
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self) -> Producer:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    # -- transactions (a later release) ----------------------------------------------------------------------
+    def init_transactions(self) -> None:
+        raise NotImplementedError(_TRANSACTIONS)
+
+    def begin_transaction(self) -> None:
+        raise NotImplementedError(_TRANSACTIONS)
+
+    def send_offsets_to_transaction(self, offsets: Any, group_id: str) -> None:
+        raise NotImplementedError(_TRANSACTIONS)
+
+    def commit_transaction(self) -> None:
+        raise NotImplementedError(_TRANSACTIONS)
+
+    def abort_transaction(self) -> None:
+        raise NotImplementedError(_TRANSACTIONS)

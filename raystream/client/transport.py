@@ -1,0 +1,177 @@
+"""The one module of the client that knows Ray: calls to the controller and to partition replicas, with
+Ray's exceptions mapped to :mod:`raystream.errors` in :func:`map_ray_error` — nowhere else.
+
+Mapping:
+
+* an error raised inside an actor (``RayTaskError``) → the original exception (``.cause``), e.g.
+  ``NotLeaderError``; its ``retriable`` / ``invalid_metadata`` flags drive the clients' retry loops;
+* a dead or unreachable actor (``ActorDiedError``, ``ActorUnavailableError``, any ``RayActorError``) or a
+  replica actor that does not exist → ``LeaderNotAvailableError`` (retriable, invalid metadata);
+* ``ray.get`` timing out → ``RequestTimeoutError``;
+* any other Ray error → ``RaystreamError`` naming it.
+
+Replica handles are looked up by name (:func:`raystream.protocol.replica_actor_name`) and cached; an entry
+is dropped whenever a call through it fails, so the next call looks the actor up again.
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import Future
+from typing import Any
+
+import pyarrow as pa
+import ray
+import ray.exceptions as rex
+
+from raystream import errors
+from raystream.client.base import BaseTransport, failed_future
+from raystream.protocol import (
+    ACTOR_NAMESPACE,
+    BrokerInfo,
+    FetchResult,
+    ProduceResult,
+    TopicDescription,
+    TopicMetadata,
+    TopicPartition,
+    controller_actor_name,
+    replica_actor_name,
+)
+
+
+def map_ray_error(exc: BaseException, what: str) -> BaseException:
+    """The raystream error for an exception a Ray call raised (``what`` names the call for messages)."""
+    if isinstance(exc, errors.RaystreamError) and not isinstance(exc, rex.RayError):
+        return exc
+    if isinstance(exc, rex.RayTaskError):
+        cause = getattr(exc, "cause", None)
+        if isinstance(cause, Exception):
+            return cause
+        return errors.RaystreamError(f"{what} failed: {exc}")
+    if isinstance(exc, rex.RayActorError):  # ActorDiedError, ActorUnavailableError
+        return errors.LeaderNotAvailableError(f"{what}: actor unavailable ({type(exc).__name__}: {exc})")
+    if isinstance(exc, rex.GetTimeoutError):
+        return errors.RequestTimeoutError(f"{what} timed out")
+    if isinstance(exc, rex.RayError):
+        return errors.RaystreamError(f"{what} failed: {type(exc).__name__}: {exc}")
+    return exc
+
+
+class RayTransport(BaseTransport):
+    """Requests to one raystream cluster over Ray. Thread-safe (the handle cache has its own lock)."""
+
+    def __init__(self, controller: Any, cluster: str) -> None:
+        self.controller = controller
+        self.cluster = cluster
+        self._replicas: dict[tuple[str, int, int], Any] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def connect(cls, cluster: str) -> RayTransport:
+        """Find the controller of a running cluster (Ray must already be initialised in this process)."""
+        if not ray.is_initialized():
+            raise errors.ClusterNotFoundError("call raystream.init() first")
+        try:
+            controller = ray.get_actor(controller_actor_name(cluster), namespace=ACTOR_NAMESPACE)
+        except ValueError as exc:
+            raise errors.ClusterNotFoundError(f"no raystream cluster named {cluster!r} is running") from exc
+        return cls(controller, cluster)
+
+    # -- controller ------------------------------------------------------------------------------------------
+    def _call(self, method: str, *args: Any, timeout_s: float | None = None) -> Any:
+        what = f"controller.{method}"
+        try:
+            return ray.get(getattr(self.controller, method).remote(*args), timeout=timeout_s)
+        except Exception as exc:
+            mapped = map_ray_error(exc, what)
+            if mapped is exc:
+                raise
+            raise mapped from None
+
+    def get_metadata(self, topics: list[str] | None = None,
+                     timeout_s: float | None = None) -> dict[str, TopicMetadata]:
+        return self._call("get_metadata", topics, timeout_s=timeout_s)
+
+    def get_brokers(self, timeout_s: float | None = None) -> dict[int, BrokerInfo]:
+        return self._call("get_brokers", timeout_s=timeout_s)
+
+    def create_topic(self, name: str, partitions: int, replication_factor: int,
+                     config: dict[str, Any] | None = None, schema_bytes: bytes | None = None,
+                     key_column: str | None = None, timeout_s: float | None = None) -> TopicMetadata:
+        return self._call("create_topic", name, partitions, replication_factor, config, schema_bytes, key_column,
+                          timeout_s=timeout_s)
+
+    def delete_topic(self, name: str, timeout_s: float | None = None) -> None:
+        self._call("delete_topic", name, timeout_s=timeout_s)
+
+    def list_topics(self, timeout_s: float | None = None) -> list[str]:
+        return self._call("list_topics", timeout_s=timeout_s)
+
+    def describe_topic(self, name: str, timeout_s: float | None = None) -> TopicDescription:
+        return self._call("describe_topic", name, timeout_s=timeout_s)
+
+    def alter_topic_config(self, name: str, config: dict[str, Any], timeout_s: float | None = None) -> Any:
+        return self._call("alter_topic_config", name, config, timeout_s=timeout_s)
+
+    def create_partitions(self, name: str, total: int, timeout_s: float | None = None) -> Any:
+        return self._call("create_partitions", name, total, timeout_s=timeout_s)
+
+    # -- replicas --------------------------------------------------------------------------------------------
+    def _replica(self, key: tuple[str, int, int]) -> Any:
+        with self._lock:
+            handle = self._replicas.get(key)
+        if handle is None:
+            topic, partition, broker = key
+            try:
+                handle = ray.get_actor(replica_actor_name(self.cluster, topic, partition, broker),
+                                       namespace=ACTOR_NAMESPACE)
+            except ValueError as exc:
+                raise errors.LeaderNotAvailableError(
+                    f"no replica of {topic}-{partition} on broker {broker}") from exc
+            with self._lock:
+                self._replicas[key] = handle
+        return handle
+
+    def _forget(self, key: tuple[str, int, int]) -> None:
+        with self._lock:
+            self._replicas.pop(key, None)
+
+    def _submit(self, tp: TopicPartition, broker_id: int, method: str, *args: Any) -> Future:
+        key = (tp.topic, tp.partition, broker_id)
+        what = f"{method} {tp} on broker {broker_id}"
+        try:
+            ref = getattr(self._replica(key), method).remote(*args)
+            ray_future = ref.future()
+        except Exception as exc:
+            self._forget(key)
+            return failed_future(map_ray_error(exc, what))
+        out: Future = Future()
+        out._raystream_ref = ref  # type: ignore[attr-defined]  # keep the object alive until resolved
+
+        def resolve(done: Future) -> None:
+            exc = done.exception()
+            if exc is None:
+                out.set_result(done.result())
+                return
+            self._forget(key)
+            out.set_exception(map_ray_error(exc, what))
+
+        ray_future.add_done_callback(resolve)
+        return out
+
+    def produce(self, tp: TopicPartition, broker_id: int, batch: pa.RecordBatch, acks: int, timeout_ms: int,
+                leader_epoch: int | None = None) -> Future[ProduceResult]:
+        return self._submit(tp, broker_id, "produce", batch, acks, timeout_ms, leader_epoch)
+
+    def fetch(self, tp: TopicPartition, broker_id: int, offset: int, max_bytes: int, max_wait_ms: int,
+              min_bytes: int, columns: list[str] | None = None,
+              leader_epoch: int | None = None) -> Future[FetchResult]:
+        return self._submit(tp, broker_id, "fetch", offset, max_bytes, max_wait_ms, min_bytes, columns,
+                            leader_epoch)
+
+    def list_offset(self, tp: TopicPartition, broker_id: int, spec: int) -> Future[int]:
+        return self._submit(tp, broker_id, "list_offset", spec)
+
+
+#: The name the design notes use; one class.
+Transport = RayTransport

@@ -1,0 +1,129 @@
+"""Replication on a 3-node ``ray.cluster_utils.Cluster``: placement, acks=all, ISR shrink and rejoin."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import ray
+
+import raystream as rs
+from raystream.protocol import ACTOR_NAMESPACE, controller_actor_name, replica_actor_name
+
+pytestmark = pytest.mark.fault
+CLUSTER = "ft"
+
+
+@pytest.fixture(scope="module")
+def three_nodes(tmp_path_factory):
+    from ray.cluster_utils import Cluster
+
+    if ray.is_initialized():
+        ray.shutdown()
+    dirs = [str(tmp_path_factory.mktemp(f"node{i}")) for i in range(3)]
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 1, "include_dashboard": False, "env_vars": {"RAYSTREAM_DATA_DIR": dirs[0]}})
+    for d in dirs[1:]:
+        cluster.add_node(num_cpus=1, env_vars={"RAYSTREAM_DATA_DIR": d})
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, log_to_driver=False)
+    handle = rs.init(cluster=CLUSTER, data_dir=dirs[0], broker_config={"replica.lag.time.max.ms": 2000})
+    yield handle, dirs
+    rs.shutdown(stop_cluster=True)
+    ray.shutdown()
+    cluster.shutdown()
+
+
+def consume(topic, partition, expected, timeout_s=60):
+    out = []
+    with rs.Consumer(auto_offset_reset="earliest") as consumer:
+        consumer.assign([rs.TopicPartition(topic, partition)])
+        deadline = time.monotonic() + timeout_s
+        while len(out) < expected and time.monotonic() < deadline:
+            out.extend(consumer.poll(timeout=0.5))
+    return out
+
+
+def test_three_brokers_registered_on_distinct_nodes(three_nodes):
+    handle, dirs = three_nodes
+    brokers = handle.brokers()
+    assert len(brokers) == 3
+    assert len({b.node_id for b in brokers.values()}) == 3
+    assert sorted(b.data_dir for b in brokers.values()) == sorted(dirs)
+
+
+def test_rf3_replicas_on_distinct_nodes_and_acks_all_round_trip(three_nodes):
+    handle, _ = three_nodes
+    admin = rs.Admin()
+    admin.create_topic("rf3", partitions=3, replication_factor=3, config={"min.insync.replicas": 2})
+    description = admin.describe_topic("rf3")
+    leaders = set()
+    for part in description.partitions:
+        assert len(set(part.replicas)) == 3
+        assert sorted(part.isr) == sorted(part.replicas)
+        leaders.add(part.leader)
+    assert len(leaders) == 3, "leaders should spread over the nodes"
+    with rs.Producer(acks="all") as producer:
+        futures = [producer.send("rf3", value=b"%d" % i, partition=i % 3) for i in range(300)]
+        producer.flush()
+        assert all(f.result(timeout=30).offset >= 0 for f in futures)
+    for p in range(3):
+        assert [r.value for r in consume("rf3", p, 100)] == [b"%d" % i for i in range(p, 300, 3)]
+    # every replica holds every record (the high watermark covers the whole log on all of them)
+    for part in ray.get(handle.controller.get_metadata.remote(["rf3"]))["rf3"].partitions:
+        for broker in part.replicas:
+            actor = ray.get_actor(replica_actor_name(CLUSTER, "rf3", part.partition, broker),
+                                  namespace=ACTOR_NAMESPACE)
+            assert ray.get(actor.describe.remote())["log_end_offset"] == 100
+
+
+def test_stopped_follower_leaves_isr_and_rejoins_after_catching_up(three_nodes, wait_for):
+    handle, _ = three_nodes
+    admin = rs.Admin()
+    admin.create_topic("isr", partitions=1, replication_factor=3, config={"min.insync.replicas": 2})
+    state = ray.get(handle.controller.get_partition_state.remote("isr", 0))
+    follower = next(b for b in state.replicas if b != state.leader)
+    actor = ray.get_actor(replica_actor_name(CLUSTER, "isr", 0, follower), namespace=ACTOR_NAMESPACE)
+    with rs.Producer(acks="all") as producer:
+        producer.send("isr", value=b"first").result(timeout=30)
+        ray.kill(actor, no_restart=True)
+        wait_for(lambda: follower not in ray.get(handle.controller.get_partition_state.remote("isr", 0)).isr,
+                 timeout_s=30, message="the stopped follower to leave the ISR")
+        # acks=all still succeeds with 2 of 3 in sync (min.insync.replicas=2)
+        for i in range(20):
+            producer.send("isr", value=b"%d" % i)
+        producer.flush()
+    ray.get(handle.controller.start.remote())  # the controller re-creates missing replicas
+    wait_for(lambda: follower in ray.get(handle.controller.get_partition_state.remote("isr", 0)).isr,
+             timeout_s=60, message="the follower to catch up and rejoin the ISR")
+    actor = ray.get_actor(replica_actor_name(CLUSTER, "isr", 0, follower), namespace=ACTOR_NAMESPACE)
+    assert ray.get(actor.describe.remote())["log_end_offset"] == 21
+
+
+def test_high_watermark_gates_consumers_while_isr_is_short(three_nodes, wait_for):
+    handle, _ = three_nodes
+    rs.Admin().create_topic("gate", partitions=1, replication_factor=2, config={"min.insync.replicas": 1})
+    state = ray.get(handle.controller.get_partition_state.remote("gate", 0))
+    follower = next(b for b in state.replicas if b != state.leader)
+    actor = ray.get_actor(replica_actor_name(CLUSTER, "gate", 0, follower), namespace=ACTOR_NAMESPACE)
+    with rs.Producer(acks=1) as producer:
+        producer.send("gate", value=b"a").result(timeout=30)
+        wait_for(lambda: len(consume("gate", 0, 1, timeout_s=2)) == 1, message="first record visible")
+        ray.kill(actor, no_restart=True)
+        producer.send("gate", value=b"b").result(timeout=30)  # acked by the leader alone
+        leader = ray.get_actor(replica_actor_name(CLUSTER, "gate", 0, state.leader), namespace=ACTOR_NAMESPACE)
+        described = ray.get(leader.describe.remote())
+        if described["high_watermark"] < described["log_end_offset"]:
+            # not yet replicated to the ISR: a consumer must not see it
+            assert [r.value for r in consume("gate", 0, 2, timeout_s=1)] == [b"a"]
+        wait_for(lambda: follower not in ray.get(handle.controller.get_partition_state.remote("gate", 0)).isr,
+                 timeout_s=30, message="ISR shrink")
+    assert [r.value for r in consume("gate", 0, 2)] == [b"a", b"b"]
+
+
+def test_controller_is_pinned_and_survives_restart(three_nodes, wait_for):
+    controller = ray.get_actor(controller_actor_name(CLUSTER), namespace=ACTOR_NAMESPACE)
+    topics = ray.get(controller.list_topics.remote())
+    ray.kill(controller, no_restart=False)
+    wait_for(lambda: ray.get(controller.list_topics.remote(), timeout=5) == topics, timeout_s=60,
+             message="controller restart")

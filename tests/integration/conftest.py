@@ -1,0 +1,34 @@
+"""One shared local Ray (and one raystream cluster) for the whole integration session."""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory):
+    import ray
+
+    import raystream as rs
+
+    if ray.is_initialized():  # a fault test's private cluster must not leak into this session
+        ray.shutdown()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    data_dir = tmp_path_factory.mktemp("raystream-data")
+    handle = rs.init(data_dir=str(data_dir), cluster="it",
+                     broker_config={"replica.lag.time.max.ms": 3000})
+    yield handle
+    rs.shutdown(stop_cluster=True)
+    ray.shutdown()
+
+
+@pytest.fixture
+def topic_name():
+    return f"t-{uuid.uuid4().hex[:10]}"
+
