@@ -582,6 +582,9 @@ class Log:
 
     def _after_truncation(self) -> None:
         leo = self.log_end_offset
+        # Whole-batch truncation can cut below the log start (a compacted batch spanning it): as Kafka,
+        # the log start never stays above the log end.
+        self.log_start_offset = min(self.log_start_offset, leo)
         self.active_segment.flush()
         self.recovery_point = min(self.recovery_point, leo)
         self.high_watermark = min(self.high_watermark, leo)
