@@ -127,3 +127,22 @@ def test_controller_is_pinned_and_survives_restart(three_nodes, wait_for):
     ray.kill(controller, no_restart=False)
     wait_for(lambda: ray.get(controller.list_topics.remote(), timeout=5) == topics, timeout_s=60,
              message="controller restart")
+
+
+def test_acks_all_fails_when_isr_is_below_min_insync(three_nodes, wait_for):
+    from raystream import errors
+
+    handle, _ = three_nodes
+    rs.Admin().create_topic("strict", partitions=1, replication_factor=3, config={"min.insync.replicas": 3})
+    state = ray.get(handle.controller.get_partition_state.remote("strict", 0))
+    follower = next(b for b in state.replicas if b != state.leader)
+    with rs.Producer(acks="all", retries=0, delivery_timeout_ms=20_000, request_timeout_ms=10_000) as producer:
+        producer.send("strict", value=b"ok").result(timeout=30)
+        ray.kill(ray.get_actor(replica_actor_name(CLUSTER, "strict", 0, follower), namespace=ACTOR_NAMESPACE),
+                 no_restart=True)
+        wait_for(lambda: follower not in ray.get(handle.controller.get_partition_state.remote("strict", 0)).isr,
+                 timeout_s=30, message="ISR shrink below min.insync.replicas")
+        with pytest.raises((errors.NotEnoughReplicasError, errors.RequestTimeoutError)) as info:
+            producer.send("strict", value=b"must not be acknowledged").result(timeout=30)
+        assert isinstance(info.value, errors.NotEnoughReplicasError) or "NotEnoughReplicas" in str(info.value)
+    ray.get(handle.controller.start.remote())  # leave the cluster whole for the next test
