@@ -23,6 +23,7 @@ import shutil
 import tempfile
 
 import pyarrow as pa
+import pytest
 from hypothesis import HealthCheck, Phase, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
@@ -46,7 +47,7 @@ ALL_COLUMNS = [OFFSET_COLUMN, TIMESTAMP_COLUMN, "key", "value", "headers"]
 
 # -- strategies -------------------------------------------------------------------------------------------
 configs = st.fixed_dictionaries({
-    "segment_bytes": st.sampled_from([2048, 4096, 8192]),
+    "segment_bytes": st.sampled_from([2048, 4096, 4096]),
     "retention_bytes": st.sampled_from([-1, 6000, 15000]),
     "retention_ms": st.sampled_from([-1, 400, 3000]),
     "cleanup_policy": st.sampled_from(["delete", "compact", "compact,delete"]),
@@ -204,6 +205,8 @@ class LogMachine(RuleBasedStateMachine):
           explicit_ts=st.booleans(), as_table=st.booleans(), data=st.data())
     def append(self, rows, dt, explicit_ts, as_table, data) -> None:
         now = self._tick(dt)
+        if self.config.compact and data.draw(st.integers(0, 9), label="null keys allowed") > 0:
+            rows = [(KEYS[0] if k is None else k, v, h) for k, v, h in rows]  # mostly valid batches
         given_ts = None
         if explicit_ts:
             given_ts = data.draw(st.lists(st.one_of(st.none(), st.integers(max(0, now - 2000), now + 100)),
@@ -468,7 +471,8 @@ class LogMachine(RuleBasedStateMachine):
         elif op == "truncate_and_regrow":
             # Cut at a batch of a sealed segment, then append batches of the same shapes (values changed),
             # so the truncated segment may grow back to exactly its old size.
-            candidates = [b for b in m.batches if m.lso < b[0] and b[1] < sealed_end]
+            last_sealed = self.log.segments[-2].base_offset if len(self.log.segments) > 1 else sealed_end
+            candidates = [b for b in m.batches if max(m.lso + 1, last_sealed) <= b[0] and b[1] < sealed_end]
             if not candidates:
                 return
             cut = data.draw(st.sampled_from(candidates), label="regrow from")[0]
@@ -515,6 +519,7 @@ class LogMachine(RuleBasedStateMachine):
         self._compacted(None, active_base, leo, now)
         if not crashed:  # nothing to compact
             return
+        event(f"crash during compaction at {stage}")
         self.log._simulate_crash()
         log = self._open()
         assert log.log_end_offset == leo, (stage, log, leo)
@@ -647,3 +652,53 @@ PHASES = (Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrin
 LogMachine.TestCase.settings = settings(max_examples=60, stateful_step_count=40, deadline=None, phases=PHASES,
                                         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 TestLogModel = LogMachine.TestCase
+
+
+# -- regressions: minimal sequences the state machine found -------------------------------------------------
+@pytest.fixture
+def log_dir():
+    directory = tempfile.mkdtemp(prefix="raystream-logmodel-", dir=TMP_ROOT)
+    yield os.path.join(directory, "log")
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def _records(*values: bytes, key: bytes = b"k") -> pa.RecordBatch:
+    return pa.RecordBatch.from_pylist([{"key": key, "value": v} for v in values], schema=RECORD_SCHEMA)
+
+
+def _values(log: Log) -> list[tuple[int, bytes]]:
+    return [(r[OFFSET_COLUMN], r["value"]) for b in log.read(log.log_start_offset, BIG) for r in b.to_pylist()]
+
+
+def test_truncate_inside_the_batch_holding_the_log_start(log_dir):
+    log = Log(log_dir, now=0)
+    log.append(_records(b"0", b"1", b"2"), now=1)  # one batch, offsets 0..2
+    log.delete_records_before(1)
+    log.truncate_to(2)  # whole batches go: the log end drops to 0, below the log start
+    assert log.log_start_offset <= log.log_end_offset
+    assert log.read(log.log_start_offset, BIG) == []
+    log.close()
+
+
+def test_compaction_meanwhile_truncated_and_regrown_segment_is_not_swapped_in(log_dir):
+    """The cleaner works without the lock; a truncation into the last sealed segment followed by appends
+    that grow it back to exactly its old size must still void the cleaner's (now stale) copy."""
+    log = Log(log_dir, TopicConfig(cleanup_policy="compact"), now=0)
+    log.append(_records(b"old0"), now=1)  # offset 0
+    log.append(_records(b"old1"), now=2)  # offset 1
+    log.roll()                             # [0, 2) sealed, [2, 2) active
+    real_clean_group = cleaner._clean_group
+
+    def clean_group_while_truncating(*args, **kwargs):
+        cleaned = real_clean_group(*args, **kwargs)
+        log.truncate_to(1)                     # as a follower would, concurrently
+        log.append(_records(b"new1"), now=3)   # offset 1 again; the segment has its old size again
+        return cleaned
+
+    cleaner._clean_group = clean_group_while_truncating
+    try:
+        cleaner.compact(log, now=10)
+    finally:
+        cleaner._clean_group = real_clean_group
+    assert _values(log)[-1] == (1, b"new1"), _values(log)
+    log.close()
