@@ -48,7 +48,8 @@ def init(address: str | None = None, data_dir: str | None = None, cluster: str =
     if not ray.is_initialized():
         address = address or os.environ.get("RAY_ADDRESS") or None
         ray_init_kwargs.setdefault("log_to_driver", False)
-        ray.init(address=address, **ray_init_kwargs)
+        # "local" starts a new embedded Ray; plain None would join any cluster `ray start` left running.
+        ray.init(address=address or "local", **ray_init_kwargs)
         started_ray = address is None
     data_dir = str(Path(data_dir or default_data_dir()).expanduser().resolve())
     from raystream.actors.controller import Controller
