@@ -39,14 +39,17 @@ def to_records(tp: TopicPartition, batch: pa.RecordBatch, meta: TopicMetadata,
     if meta.schema is None:
         keys = batch.column("key").to_pylist()
         values = batch.column("value").to_pylist()
-        headers = [[(h["key"], h["value"]) for h in hs] if hs else []
-                   for hs in batch.column("headers").to_pylist()]
+        column = batch.column("headers")
+        if column.null_count == len(column):
+            headers = [()] * len(offsets)  # the common case: no headers at all, no per-record objects
+        else:
+            headers = [tuple((h["key"], h["value"]) for h in hs) if hs else () for hs in column.to_pylist()]
     else:
         names = [n for n in batch.schema.names if n not in SYSTEM_COLUMNS]
         values = batch.select(names).to_pylist()
         column = meta.key_column
         keys = [row.get(column) for row in values] if column else [None] * len(values)
-        headers = [[] for _ in values]
+        headers = [()] * len(values)
     if key_deserializer is not None:
         keys = [None if k is None else key_deserializer(k) for k in keys]
     if value_deserializer is not None:

@@ -37,8 +37,8 @@ def test_poll_returns_records_with_kafka_shapes(fake, make_consumer):
     consumer = make_consumer(auto_offset_reset="earliest")
     consumer.assign([T0])
     records = poll_until(consumer, 2)
-    assert records == [Record("t", 0, 0, 1000, b"k", b"a", [("h", b"1")]),
-                       Record("t", 0, 1, 1001, None, b"b", [])]
+    assert records == [Record("t", 0, 0, 1000, b"k", b"a", (("h", b"1"),)),
+                       Record("t", 0, 1, 1001, None, b"b", ())]
     assert consumer.position(T0) == 2
     assert consumer.assignment() == {T0}
 
@@ -269,7 +269,7 @@ def test_arrow_native_topic_poll_gives_rows(fake, make_consumer, make_producer):
     consumer = make_consumer(auto_offset_reset="earliest")
     consumer.assign([TopicPartition("ev", 0)])
     record = poll_until(consumer, 1)[0]
-    assert (record.key, record.value, record.headers) == ("ann", {"user": "ann", "amount": 3}, [])
+    assert (record.key, record.value, record.headers) == ("ann", {"user": "ann", "amount": 3}, ())
     consumer.seek(TopicPartition("ev", 0), 0)
     rows = []
     wait_for(lambda: rows.append(consumer.poll_arrow(timeout=0.05, columns=["amount"])) or rows[-1].num_rows,
