@@ -60,7 +60,7 @@ def compact(log_, now: int, value_column: str = "value") -> CleanerStats:
         if not log_.config.compact:
             return CleanerStats()
         sealed = [s for s in log_.segments[:-1] if log_.key_column in s.schema.names]
-        sizes = [s.size for s in sealed]  # a truncation meanwhile changes a size: the result is void
+        generation = log_.truncation_generation  # a truncation meanwhile voids the result
         config = log_.config
         key_column = log_.key_column
     if not sealed:
@@ -75,7 +75,7 @@ def compact(log_, now: int, value_column: str = "value") -> CleanerStats:
         log.warning("[%s] compaction abandoned: %s", log_.directory.name, exc)
         return CleanerStats()
     with log_._lock:
-        changed = any(s not in log_.segments or s.size != size for s, size in zip(sealed, sizes, strict=True))
+        changed = log_.truncation_generation != generation or any(s not in log_.segments for s in sealed)
         if log_._closed or changed:
             for c in cleaned:
                 c.new.delete(data_only=True)

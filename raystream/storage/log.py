@@ -135,6 +135,7 @@ class Log:
             raise
         self.recovery_report = dataclasses.replace(report, duration_s=time.monotonic() - started)
         self._encoder: BatchEncoder | None = None
+        self.truncation_generation = 0
         self._unflushed_messages = 0
         self._last_flush_ms = self._last_checkpoint_ms = now if now is not None else now_ms()
         if report.error or report.truncated_bytes:
@@ -495,6 +496,8 @@ class Log:
             if columns is not None:
                 columns = self._check_columns(columns)
             out: list[pa.RecordBatch] = []
+            if max_offset is not None and max_offset <= start_offset:
+                return out  # e.g. a fetch above a new leader's (lagging) high watermark
             total = 0
             for _, batch in self._iter_batches(start_offset):
                 header, data = batch.header, batch.data
@@ -581,6 +584,7 @@ class Log:
         return offset
 
     def _after_truncation(self) -> None:
+        self.truncation_generation += 1  # voids a compaction planned before (see cleaner.compact)
         leo = self.log_end_offset
         # Whole-batch truncation can cut below the log start (a compacted batch spanning it): as Kafka,
         # the log start never stays above the log end.
@@ -698,4 +702,4 @@ def _slice_offsets(data: pa.RecordBatch, start_offset: int, max_offset: int | No
     offsets = data.column(OFFSET_COLUMN).to_numpy()
     lo = int(np.searchsorted(offsets, start_offset, side="left"))
     hi = int(np.searchsorted(offsets, max_offset, side="left")) if max_offset is not None else len(offsets)
-    return data.slice(lo, hi - lo)
+    return data.slice(lo, max(hi - lo, 0))

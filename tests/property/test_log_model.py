@@ -13,6 +13,10 @@ Durability is modelled independently of the log: the model knows which bytes of 
 fsynced (explicit flush, roll, truncation, close, and automatic flushes by ``flush.messages`` /
 ``flush.ms``) and which batch ends at which byte, so after a crash it knows exactly which log end offset and
 how many truncated bytes recovery must report. Time is injected (``now=``) everywhere.
+
+Two rules reach into the cleaner (by wrapping its module functions, not by changing them): one runs another
+log operation between the cleaner's planning and its swap, as a concurrent thread may; one crashes at each
+step of the swap. The tests at the end replay minimal sequences the machine found.
 """
 
 from __future__ import annotations
@@ -96,6 +100,7 @@ class Model:
         self.maybe_absent: set[int] = set()      # compaction may have removed these
         self.gone: set[int] = set()              # observed removed: must never come back
         self.low_water = 0                       # lowest log end offset since it was last set
+        self.all_ts: dict[int, int] = {}         # timestamps of every record below leo, also below lso
 
     def must_keep(self, lo: int, hi: int) -> list[int]:
         return [o for o in range(max(lo, self.lso), min(hi, self.leo)) if o not in self.maybe_absent]
@@ -104,6 +109,7 @@ class Model:
         base = self.leo
         for i, r in enumerate(recs):
             self.recs[base + i] = r
+            self.all_ts[base + i] = r.ts
         self.batches.append((base, base + len(recs) - 1, epoch))
         self.leo += len(recs)
 
@@ -117,6 +123,7 @@ class Model:
         assert new_leo <= self.leo
         assert all(not (b[0] < new_leo <= b[1]) for b in self.batches), f"{new_leo} is inside a batch"
         self.recs = {o: r for o, r in self.recs.items() if o < new_leo}
+        self.all_ts = {o: t for o, t in self.all_ts.items() if o < new_leo}
         self.batches = [b for b in self.batches if b[1] < new_leo]
         self.maybe_absent = {o for o in self.maybe_absent if o < new_leo}
         self.gone = {o for o in self.gone if o < new_leo}  # offsets at or above are assigned anew
@@ -125,7 +132,7 @@ class Model:
         self.low_water = min(self.low_water, new_leo)
 
     def reset(self, offset: int) -> None:
-        self.recs, self.batches, self.maybe_absent, self.gone = {}, [], set(), set()
+        self.recs, self.batches, self.maybe_absent, self.gone, self.all_ts = {}, [], set(), set(), {}
         self.lso = self.leo = offset
         self.low_water = min(self.low_water, offset)
 
@@ -262,12 +269,15 @@ class LogMachine(RuleBasedStateMachine):
     def read(self, data) -> None:
         log, m = self.log, self.model
         start = data.draw(self._offsets(m.lso, m.leo), label="start")
-        max_offset = data.draw(st.one_of(st.none(), st.integers(start, m.leo + 2)), label="max_offset")
+        max_offset = data.draw(st.one_of(st.none(), self._offsets(max(0, start - 2), m.leo + 2)), label="max_offset")
         max_bytes = data.draw(st.one_of(st.integers(1, 6000), st.just(BIG)), label="max_bytes")
         columns = data.draw(st.one_of(st.none(), st.permutations(ALL_COLUMNS).flatmap(
             lambda p: st.integers(1, len(p)).map(lambda n: p[:n]))), label="columns")
 
         full = log.read(start, BIG, max_offset)
+        for b in full + (limited := log.read(start, max_bytes, max_offset, columns)):
+            b.validate(full=True)  # before anything else touches it: a malformed batch can crash the process
+            assert b.num_rows > 0, f"read({start}, max_offset={max_offset}) returned a batch of {b.num_rows} rows"
         rows = _rows(full)
         hi = m.leo if max_offset is None else min(max_offset, m.leo)
         offsets = [o for o, _ in rows]
@@ -278,9 +288,7 @@ class LogMachine(RuleBasedStateMachine):
             assert o not in m.gone, f"compacted-away offset {o} came back"
         missing = set(m.must_keep(start, hi)) - set(offsets)
         assert not missing, f"read({start}, max_offset={max_offset}) lacks offsets {sorted(missing)}"
-        assert all(b.num_rows for b in full), "read returned an empty batch"
 
-        limited = log.read(start, max_bytes, max_offset, columns)
         reference = [b.select(columns) for b in full] if columns is not None else full
         sizes = [b.get_total_buffer_size() for b in limited]
         assert len(limited) <= len(reference)
@@ -293,6 +301,28 @@ class LogMachine(RuleBasedStateMachine):
             assert sum(sizes) <= max_bytes, (sizes, max_bytes)
         if len(limited) < len(reference):  # stopped early: only because the next batch did not fit
             assert sum(sizes) + reference[len(limited)].get_total_buffer_size() > max_bytes
+
+    @rule(data=st.data())
+    def read_batches(self, data) -> None:
+        """The replication read: whole batches from the one holding ``start``, a prefix of all of them."""
+        log, m = self.log, self.model
+        start = data.draw(self._offsets(m.lso, m.leo), label="start")
+        max_offset = data.draw(st.one_of(st.none(), self._offsets(max(0, start - 2), m.leo + 2)), label="max_offset")
+        max_bytes = data.draw(st.one_of(st.integers(1, 6000), st.just(BIG)), label="max_bytes")
+        every = [b for b in log.read_batches(m.lso, BIG) if b.header.last_offset >= start]
+        if max_offset is not None:
+            every = [b for b in every if b.header.base_offset < max_offset]
+        got = log.read_batches(start, max_bytes, max_offset, verify=True)
+        assert len(got) <= len(every)
+        assert [b.header for b in got] == [b.header for b in every[:len(got)]]
+        assert all(a.data.equals(b.data) for a, b in zip(got, every, strict=False))
+        sizes = [b.data.get_total_buffer_size() for b in got]
+        if every:
+            assert got, "read_batches returned nothing though batches exist"
+        if len(got) > 1:
+            assert sum(sizes) <= max_bytes, (sizes, max_bytes)
+        if len(got) < len(every):
+            assert sum(sizes) + every[len(got)].data.get_total_buffer_size() > max_bytes
 
     @rule(data=st.data())
     def read_out_of_range(self, data) -> None:
@@ -379,22 +409,25 @@ class LogMachine(RuleBasedStateMachine):
             assert len(segs) == 1 or segs[0].next_offset > expected, "a segment wholly below the start remains"
         m.advance_start(expected)
 
-    @rule(dt=st.integers(0, 1500))
-    def apply_retention(self, dt) -> None:
+    @rule(dt=st.integers(0, 1500), data=st.data())
+    def apply_retention(self, dt, data=None) -> None:
         now = self._tick(dt)
         m, cfg = self.model, self.config
+        limit = m.leo
+        if data is not None and data.draw(st.booleans(), label="with high watermark"):
+            limit = data.draw(self._offsets(m.lso, m.leo), label="high watermark")
         snap = [(s.base_offset, s.next_offset, s.size, s.max_timestamp) for s in self.log.segments]
-        deleted = self.log.apply_retention(now=now)
+        deleted = self.log.apply_retention(now=now, high_watermark=None if limit == m.leo else limit)
         # The documented rule: a prefix of non-active segments, first by age then by size.
         expected = 0
         if cfg.delete:
             rest = list(snap)
             if cfg.retention_ms >= 0:
-                while len(rest) > 1 and rest[0][3] < now - cfg.retention_ms and rest[0][1] <= m.leo:
+                while len(rest) > 1 and rest[0][3] < now - cfg.retention_ms and rest[0][1] <= limit:
                     rest.pop(0)
             if cfg.retention_bytes >= 0:
                 excess = sum(s[2] for s in rest) - cfg.retention_bytes
-                while len(rest) > 1 and excess - rest[0][2] >= 0 and rest[0][1] <= m.leo:
+                while len(rest) > 1 and excess - rest[0][2] >= 0 and rest[0][1] <= limit:
                     excess -= rest[0][2]
                     rest.pop(0)
             expected = len(snap) - len(rest)
@@ -485,7 +518,7 @@ class LogMachine(RuleBasedStateMachine):
         elif op == "delete_records":
             self.delete_records_before(data)
         elif op == "retention":
-            self.apply_retention(dt=0)
+            self.apply_retention(dt=0, data=data)
 
     @precondition(lambda self: self.config.compact and len(self.log.segments) > 1)
     @rule(stage=st.sampled_from(["cleaned", "swap", "deleted_first", "deleted_all"]), dt=st.integers(0, 1500))
@@ -605,6 +638,14 @@ class LogMachine(RuleBasedStateMachine):
         segs = log.segments
         for a, b in zip(segs, segs[1:], strict=False):
             assert a.base_offset < b.base_offset and a.next_offset == b.base_offset, segs
+        for seg in segs:
+            stamps = [m.all_ts[o] for o in range(seg.base_offset, seg.next_offset) if o in m.all_ts]
+            if not self.compacted:
+                assert seg.max_timestamp == max(stamps, default=-1), (seg, seg.max_timestamp, stamps)
+            else:
+                assert seg.max_timestamp <= max(stamps, default=-1), (seg, seg.max_timestamp, stamps)
+            if seg is not segs[-1] and seg.size > self.config.segment_bytes:
+                assert len(list(seg.headers())) == 1, f"{seg} exceeds segment.bytes={self.config.segment_bytes}"
         batches = log.read_batches(m.lso, BIG, verify=True)
         model_batches = {(b[0], b[1]): b[2] for b in m.batches}
         seen_ranges = set()
@@ -701,4 +742,15 @@ def test_compaction_meanwhile_truncated_and_regrown_segment_is_not_swapped_in(lo
     finally:
         cleaner._clean_group = real_clean_group
     assert _values(log)[-1] == (1, b"new1"), _values(log)
+    log.close()
+
+
+def test_read_with_max_offset_below_start_offset(log_dir):
+    """A consumer may fetch above the high watermark (a new leader's lags): nothing is readable yet."""
+    log = Log(log_dir, now=0)
+    log.append(_records(b"0", b"1", b"2", b"3", b"4"), now=1)  # one batch, offsets 0..4
+    batches = log.read(3, BIG, max_offset=1)
+    for b in batches:
+        b.validate(full=True)  # raises "Array length is negative"
+    assert batches == []
     log.close()
