@@ -118,6 +118,7 @@ class Log:
         self.key_column = key_column
         self._lock = threading.RLock()
         self._closed = False
+        self.truncation_generation = 0
         self._lock_fd: int | None = None
         self.segments: list[LogSegment] = []
         self._bases: list[int] = []
@@ -135,7 +136,6 @@ class Log:
             raise
         self.recovery_report = dataclasses.replace(report, duration_s=time.monotonic() - started)
         self._encoder: BatchEncoder | None = None
-        self.truncation_generation = 0
         self._unflushed_messages = 0
         self._last_flush_ms = self._last_checkpoint_ms = now if now is not None else now_ms()
         if report.error or report.truncated_bytes:
@@ -200,9 +200,11 @@ class Log:
             self._add_segment(LogSegment.create(d, self.log_start_offset, stored_schema(schema),
                                                 self.config.index_interval_bytes))
             fsync_dir(d)
+        if self.log_end_offset < self.log_start_offset:
+            # A crash cut below the log start: restart empty there rather than reuse offsets (as Kafka).
+            self._truncate_fully_and_start_at(self.log_start_offset)
         leo = self.log_end_offset
         self.log_start_offset = max(self.log_start_offset, self.segments[0].base_offset)
-        self.log_start_offset = min(self.log_start_offset, leo)
         self.recovery_point = min(self.recovery_point, leo) if not clean else leo
         self.high_watermark = min(self.high_watermark, leo)
         self.epoch_cache.truncate_from_end(leo)
@@ -224,8 +226,8 @@ class Log:
             if result.error is None and result.valid_bytes == segment.size:
                 continue
             error = result.error or "torn tail"
+            dropped += _count_frames_from(segment, result.valid_bytes)
             truncated += segment.truncate_bytes(result.valid_bytes)
-            dropped += 1  # the torn or corrupt batch (what follows it in the file cannot be framed)
             for later in self.segments[i + 1:]:
                 truncated += later.size
                 dropped += later.rebuild(verify=False).batches
@@ -683,6 +685,18 @@ def _as_record_batch(batch: pa.RecordBatch | pa.Table) -> pa.RecordBatch:
         batches = batch.combine_chunks().to_batches()
         return batches[0] if batches else pa.RecordBatch.from_pylist([], schema=batch.schema)
     raise TypeError(f"expected a pyarrow RecordBatch or Table, got {type(batch).__name__}")
+
+
+def _count_frames_from(segment: LogSegment, position: int) -> int:
+    """How many batches start at or after ``position``: the bad one, plus any intact ones behind it (they
+    go too: a log has no holes). Counts until the framing itself breaks."""
+    count = 0
+    try:
+        for _ in segment.frames(position):
+            count += 1
+    except CorruptRecordError:
+        count += 1
+    return max(count, 1)
 
 
 def _check_offset_arg(offset: int) -> None:

@@ -754,3 +754,25 @@ def test_read_with_max_offset_below_start_offset(log_dir):
         b.validate(full=True)  # raises "Array length is negative"
     assert batches == []
     log.close()
+
+
+def test_recovery_report_counts_every_dropped_batch(log_dir):
+    """A corrupt batch in the unflushed tail loses it and every batch after it; the report says how many."""
+    log = Log(log_dir, now=0)
+    log.flush(now=0)
+    ends = []
+    for value in (b"v0", b"v1", b"v2"):
+        log.append(_records(value), now=1)
+        ends.append(log.active_segment.size)
+    path = log.active_segment.path
+    log._simulate_crash()
+    with open(path, "r+b") as f:  # flip a byte in the body of the second batch; the third stays intact
+        f.seek(ends[1] - 8)
+        byte = f.read(1)[0]
+        f.seek(ends[1] - 8)
+        f.write(bytes([byte ^ 1]))
+    log = Log(log_dir, now=2)
+    assert log.log_end_offset == 1
+    assert log.recovery_report.truncated_bytes == ends[2] - ends[0]
+    assert log.recovery_report.dropped_batches == 2, log.recovery_report
+    log.close()
