@@ -145,21 +145,30 @@ def user_schema_of(schema: pa.Schema) -> pa.Schema:
 class BatchEncoder:
     """Serialises stored batches of one schema to IPC messages. Not thread-safe (cheap: make one per owner)."""
 
+    #: Room for the flatbuffer metadata and padding on top of the body size pyarrow predicts.
+    _SLACK_BYTES = 64 * 1024
+
     def __init__(self, schema: pa.Schema) -> None:
         self.schema = schema
         self.schema_message = schema.serialize()
+        self._scratch: pa.Buffer | None = None
 
     def encode(self, batch: StoredBatch) -> tuple[list, Frame]:
         """Return the complete IPC message (framing, metadata, body) with its checksum filled in, as two
         parts — patched metadata (bytes) and body (pa.Buffer) — so a writer can ``writev`` them: the body,
-        nearly all the bytes, is never copied again."""
-        sink = pa.BufferOutputStream()
+        nearly all the bytes, is never copied again. The body is a view of a scratch buffer this encoder
+        reuses: it is valid until the next ``encode`` call (write it before encoding the next batch)."""
+        header_bytes = batch.header.pack()
+        metadata = {HEADER_KEY: header_bytes, CRC_KEY: CRC_PLACEHOLDER}
+        needed = pa.ipc.get_record_batch_size(batch.data) + self.schema_message.size + self._SLACK_BYTES
+        if self._scratch is None or self._scratch.size < needed:
+            self._scratch = pa.allocate_buffer(needed)  # reused: no allocation or regrowth per batch
+        sink = pa.FixedSizeBufferWriter(self._scratch)
         with pa.ipc.new_stream(sink, self.schema) as writer:
-            header_bytes = batch.header.pack()
-            writer.write_batch(batch.data, custom_metadata={HEADER_KEY: header_bytes, CRC_KEY: CRC_PLACEHOLDER})
-        stream = sink.getvalue()
+            writer.write_batch(batch.data, custom_metadata=metadata)
+        end = sink.tell()
         # The stream is schema message + our message + 8-byte end-of-stream marker.
-        message = stream.slice(self.schema_message.size, stream.size - self.schema_message.size - 8)
+        message = self._scratch.slice(self.schema_message.size, end - self.schema_message.size - 8)
         metadata_end = FRAME_PREFIX_BYTES + read_prefix(message)
         patched = bytearray(memoryview(message)[:metadata_end])
         # Find the placeholder directly (a full flatbuffer parse costs more than the rest of the encode);
