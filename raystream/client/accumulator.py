@@ -1,16 +1,18 @@
 """Per-partition queues of record batches waiting to be sent, with the producer's memory budget.
 
 User threads append records (``send``) or prebuilt Arrow batches (``send_batch``); the sender thread drains
-ready batches — one at the head of each partition's queue — and puts failed ones back at the head to
-retry, so a partition's batches leave in order. A record batch keeps its records as Python lists and is
+ready batches from the head of each partition's queue (as many as it may put in flight) and puts failed
+ones back at the head to retry, so a partition's batches leave in order. A record batch keeps its records as Python lists and is
 turned into Arrow arrays, column by column, only when drained (:meth:`ProducerBatch.build`).
 
 A batch is *ready* when it is full (another batch queued behind it, or ``batch_size`` reached), has waited
 ``linger_ms``, or a flush or close is in progress; a retried batch waits ``retry_backoff_ms`` first.
 
 Thread-safety: one condition variable (:attr:`RecordAccumulator.cond`) guards everything here. It also
-wakes the sender (``wakeup``) and the user threads blocked on a full ``buffer_memory``. Never call the
-transport or user callbacks while holding it.
+wakes the sender (``wakeup``) and the user threads blocked on a full ``buffer_memory``. ``append`` (the
+per-record path) takes the condition's (C-level) lock directly and notifies only when it starts a new batch
+or fills one (the sender's linger timer covers the rest). Never call the transport or user callbacks while
+holding it.
 """
 
 from __future__ import annotations
@@ -36,12 +38,20 @@ PRODUCE_SCHEMA = RECORD_SCHEMA.append(pa.field(TIMESTAMP_COLUMN, pa.int64(), nul
 RECORDS, ROWS, ARROW = "records", "rows", "arrow"
 
 
+def _binary_array(items: list[bytes | None]) -> pa.Array:
+    """A binary array of ``items`` in one pass (``pa.array`` on a list of bytes is faster than joining
+    the bytes and building offsets by hand); an all-null column (unkeyed records) costs nothing."""
+    if items.count(None) == len(items):
+        return pa.nulls(len(items), pa.binary())
+    return pa.array(items, type=pa.binary())
+
+
 class ProducerBatch:
     """Records for one partition, sent as one produce request. Appended to under the accumulator's lock
     until drained; from then on owned by the sender thread alone."""
 
     __slots__ = ("tp", "kind", "schema", "keys", "values", "headers", "has_headers", "timestamps", "rows",
-                 "arrow", "size", "count", "created", "deadline", "result", "attempts", "retry_at", "closed")
+                 "arrow", "size", "count", "created", "deadline", "result", "attempts", "retry_at", "closed", "seq")
 
     def __init__(self, tp: TopicPartition, kind: str, now: float, delivery_timeout_s: float,
                  schema: pa.Schema | None = None, arrow: pa.RecordBatch | None = None) -> None:
@@ -60,6 +70,7 @@ class ProducerBatch:
         self.attempts = 0
         self.retry_at = 0.0
         self.closed = kind == ARROW
+        self.seq = 0  # set by the sender when first sent: orders a partition's batches for retries
         if arrow is not None:
             self.count = self.result.record_count = arrow.num_rows
             self.size = arrow.nbytes
@@ -71,12 +82,17 @@ class ProducerBatch:
         else:
             self.keys.append(key)
             self.values.append(value)
-            self.headers.append(headers)
-            self.has_headers = self.has_headers or headers is not None
+            if headers is not None:
+                if not self.has_headers:  # headers are kept only once a record has some
+                    self.headers = [None] * index
+                    self.has_headers = True
+                self.headers.append(headers)
+            elif self.has_headers:
+                self.headers.append(None)
         self.timestamps.append(timestamp)
         self.size += size
-        self.count += 1
-        self.result.record_count = self.count
+        self.count = index + 1
+        self.result.record_count = index + 1
         return index
 
     def build(self) -> pa.RecordBatch:
@@ -91,8 +107,8 @@ class ProducerBatch:
                 headers = (pa.array(self.headers, type=HEADER_TYPE) if self.has_headers
                            else pa.nulls(self.count, HEADER_TYPE))
                 self.arrow = pa.RecordBatch.from_arrays(
-                    [pa.array(self.keys, type=pa.binary()), pa.array(self.values, type=pa.binary()), headers,
-                     timestamps], schema=PRODUCE_SCHEMA)
+                    [_binary_array(self.keys), _binary_array(self.values), headers, timestamps],
+                    schema=PRODUCE_SCHEMA)
             self.keys = self.values = self.headers = self.rows = self.timestamps = []  # type: ignore[assignment]
         return self.arrow
 
@@ -104,7 +120,7 @@ class ProducerBatch:
         for result, (start, count) in zip(self.result.split([half, self.count - half]),
                                           ((0, half), (half, self.count - half)), strict=True):
             part = ProducerBatch(self.tp, ARROW, self.created, 0.0, arrow=data.slice(start, count))
-            part.result, part.deadline, part.attempts = result, self.deadline, self.attempts
+            part.result, part.deadline, part.attempts, part.seq = result, self.deadline, self.attempts, self.seq
             part.size = self.size * count // self.count
             parts.append(part)
         parts[1].size = self.size - parts[0].size
@@ -120,7 +136,8 @@ class RecordAccumulator:
         self.max_block_s = max_block_ms / 1000
         self.delivery_timeout_s = delivery_timeout_ms / 1000
         self.rng = rng or random.Random()
-        self.cond = threading.Condition()
+        self._lock = threading.RLock()  # re-entrant: the sender calls has_queued() holding cond
+        self.cond = threading.Condition(self._lock)
         self.wakeup = False  # set (under cond) when the sender must look again before sleeping
         self.flushing = 0
         self.closed = False
@@ -135,22 +152,26 @@ class RecordAccumulator:
                ) -> RecordFuture:
         """Add one record; ``partition=None`` uses the topic's sticky partition (chosen among
         those of ``meta`` with a leader). Blocks up to ``max_block_ms`` while ``buffer_memory`` is exhausted."""
-        with self.cond:
-            self._reserve(size)
+        with self._lock:  # the condition's own lock: C acquire/release, no Condition method calls
+            if self.closed or (self._used and self._used + size > self.buffer_memory):
+                self._reserve(size)  # raises, or blocks until memory is free
+            else:
+                self._used += size
             if partition is None:
                 partition = self._sticky_partition(topic, size, meta)
             queue = self._queues.get((topic, partition))
             if queue is None:
                 queue = self._queues[(topic, partition)] = deque()
             batch = queue[-1] if queue else None
-            if batch is None or batch.closed or not self._has_room(batch, size):
-                batch = ProducerBatch(TopicPartition(topic, partition), kind, time.monotonic(), self.delivery_timeout_s, schema=schema)
+            if batch is None or batch.closed or (batch.count and batch.size + size > self.batch_size):
+                batch = ProducerBatch(TopicPartition(topic, partition), kind, time.monotonic(),
+                                      self.delivery_timeout_s, schema=schema)
                 self._track(batch)
                 queue.append(batch)
-                self._wake()
+                self._wake()  # a new batch: the sender arms its linger timer
             index = batch.append(key, value, headers, timestamp, size)
             if batch.size >= self.batch_size:
-                self._wake()
+                self._wake()  # full: ready now
             return RecordFuture(batch.result, index, timestamp)
 
     def append_arrow(self, tp: TopicPartition, data: pa.RecordBatch) -> BatchResult:
@@ -228,12 +249,17 @@ class RecordAccumulator:
             return list(self._incomplete)
 
     # -- sender thread ---------------------------------------------------------------------------------------
-    def drain(self, now: float, can_send: Callable[[TopicPartition], bool]) -> tuple[list[ProducerBatch], float]:
-        """Pop the ready head batch of every partition ``can_send`` allows. Returns the batches and when
-        (monotonic seconds) the next queued batch becomes ready or expires."""
+    def drain(self, now: float, can_send: Callable[[TopicPartition], int],
+              busy: Callable[[TopicPartition], bool] | None = None) -> tuple[list[ProducerBatch], float]:
+        """Pop ready batches from the head of every partition's queue, as many as ``can_send(tp)`` allows
+        (an int; ``True`` means one), in queue order. Only *full* batches are pipelined: a batch ready just
+        because its ``linger_ms`` passed waits while ``busy(tp)`` (a request to its partition is in flight)
+        and so keeps collecting records — low-rate traffic stays batched instead of turning into a stream of
+        tiny requests. Returns the batches and when (monotonic seconds) the next queued batch becomes ready
+        or expires."""
         out: list[ProducerBatch] = []
         next_at = float("inf")
-        with self.cond:
+        with self._lock:
             self.wakeup = False
             urgent = self.flushing > 0 or self.closed
             empty = []
@@ -242,21 +268,27 @@ class RecordAccumulator:
                     empty.append(key)
                     continue
                 next_at = min(next_at, min(b.deadline for b in queue))
-                batch = queue[0]
-                if batch.retry_at > now:
-                    next_at = min(next_at, batch.retry_at)
-                    continue
-                linger_at = batch.created + self.linger_s
-                ready = (urgent or batch.closed or len(queue) > 1 or batch.size >= self.batch_size
-                         or linger_at <= now)
-                if not ready:
-                    next_at = min(next_at, linger_at)
-                    continue
-                if not can_send(batch.tp):
-                    continue
-                queue.popleft()
-                batch.closed = True
-                out.append(batch)
+                allowed = None
+                while queue:
+                    batch = queue[0]
+                    if batch.retry_at > now:
+                        next_at = min(next_at, batch.retry_at)
+                        break
+                    linger_at = batch.created + self.linger_s
+                    full = urgent or batch.closed or len(queue) > 1 or batch.size >= self.batch_size
+                    if not full and linger_at > now:
+                        next_at = min(next_at, linger_at)
+                        break
+                    if not full and (allowed is not None or (busy is not None and busy(batch.tp))):
+                        break  # lingered but not full: wait for the request in flight (it wakes us)
+                    if allowed is None:
+                        allowed = int(can_send(batch.tp))
+                    if allowed <= 0:
+                        break
+                    allowed -= 1
+                    queue.popleft()
+                    batch.closed = True
+                    out.append(batch)
             for key in empty:
                 del self._queues[key]
         return out, next_at

@@ -23,10 +23,6 @@ from raystream.protocol import BatchMetadata, RecordMetadata
 
 log = logging.getLogger(__name__)
 
-#: Guards every BatchResult's callback list and completion (completions are rare: once per batch).
-_LOCK = threading.Lock()
-
-
 class ResultTimeoutError(RequestTimeoutError, TimeoutError):
     """Waiting on a future (or ``flush``) gave up before the outcome was known."""
 
@@ -43,7 +39,7 @@ class BatchResult:
     thread may wait on it or add callbacks (run on the completing thread, or at once if already done)."""
 
     __slots__ = ("topic", "partition", "record_count", "base_offset", "log_append_time", "max_timestamp",
-                 "error", "_event", "_callbacks", "_children", "_starts", "_parent")
+                 "error", "_lock", "_event", "_callbacks", "_children", "_starts", "_parent")
 
     def __init__(self, topic: str, partition: int) -> None:
         self.topic = topic
@@ -53,6 +49,7 @@ class BatchResult:
         self.log_append_time = -1
         self.max_timestamp = -1
         self.error: BaseException | None = None
+        self._lock = threading.Lock()  # this result's own: adding callbacks never waits on other batches
         self._event = threading.Event()
         self._callbacks: list[Callable[[], Any]] | None = []
         self._children: list[BatchResult] | None = None
@@ -73,7 +70,7 @@ class BatchResult:
 
     def _finish(self, offsets: tuple[int, int, int] | None, error: BaseException | None) -> None:
         """Record the outcome once (later calls are ignored) and run the callbacks."""
-        with _LOCK:
+        with self._lock:
             if self._event.is_set():
                 return
             if offsets is not None:
@@ -87,7 +84,8 @@ class BatchResult:
             self._parent._child_done()
 
     def add_callback(self, fn: Callable[[], Any]) -> None:
-        with _LOCK:
+        """Run ``fn`` when this result completes (at once, on this thread, if it already has)."""
+        with self._lock:
             if self._callbacks is not None:
                 self._callbacks.append(fn)
                 return
@@ -187,11 +185,12 @@ class BatchFuture:
     partition, and per ``max_request_size`` chunk), in send order. Fails with the first error if any
     request failed."""
 
-    __slots__ = ("_results", "_pending", "_callbacks", "_event")
+    __slots__ = ("_results", "_pending", "_lock", "_callbacks", "_event")
 
     def __init__(self, results: list[BatchResult]) -> None:
         self._results = results
         self._pending = len(results)
+        self._lock = threading.Lock()
         self._callbacks: list[Callable[[], Any]] | None = []
         self._event = threading.Event()
         if not results:
@@ -201,7 +200,7 @@ class BatchFuture:
             result.add_callback(self._one_done)
 
     def _one_done(self) -> None:
-        with _LOCK:
+        with self._lock:
             self._pending -= 1
             if self._pending:
                 return
@@ -233,7 +232,7 @@ class BatchFuture:
         return next((leaf.error for leaf in self._wait(timeout) if leaf.error is not None), None)
 
     def add_done_callback(self, fn: Callable[[BatchFuture], Any]) -> None:
-        with _LOCK:
+        with self._lock:
             if self._callbacks is not None:
                 self._callbacks.append(lambda: fn(self))
                 return

@@ -28,7 +28,7 @@ from raystream.client.batches import key_partitions, record_table, split_by_part
 from raystream.client.futures import BatchFuture, RecordFuture, ResultTimeoutError, wait_all
 from raystream.client.metadata import MetadataCache
 from raystream.client.sender import Sender
-from raystream.client.serde import normalize_headers, record_size, row_size, serialize
+from raystream.client.serde import RECORD_OVERHEAD_BYTES, normalize_headers, record_size, row_size, serialize
 from raystream.core.partitioner import partition_for_key
 from raystream.errors import ClosedError, RecordTooLargeError, UnknownTopicOrPartitionError
 from raystream.protocol import TopicMetadata, TopicPartition
@@ -95,6 +95,8 @@ class Producer:
         self.transactional_id = transactional_id
         self._key_serializer = key_serializer
         self._value_serializer = value_serializer
+        self._plain = key_serializer is None and value_serializer is None  # send's fast path applies
+        self._fast_limit = min(max_request_size, buffer_memory)  # larger records take the general path
         self._rng = random.Random()
         self._metadata = MetadataCache(self._transport, request_timeout_ms=request_timeout_ms,
                                        retry_backoff_ms=retry_backoff_ms, max_age_ms=metadata_max_age_ms)
@@ -103,7 +105,8 @@ class Producer:
                                       rng=self._rng)
         self._sender = Sender(self._acc, self._metadata, self._transport, acks=self.acks, retries=retries,
                               retry_backoff_ms=retry_backoff_ms, request_timeout_ms=request_timeout_ms,
-                              delivery_timeout_ms=delivery_timeout_ms, name=f"raystream-{self.client_id}-sender")
+                              delivery_timeout_ms=delivery_timeout_ms, name=f"raystream-{self.client_id}-sender",
+                              max_in_flight=max_in_flight_requests_per_connection)
         self._close_lock = threading.Lock()
         self._closed = False
         self._sender.start()
@@ -117,6 +120,18 @@ class Producer:
         with a schema (Arrow-native), ``value`` is a mapping of column → value (one row) and the key, if
         not given, is taken from the topic's key column. ``headers``: mapping or list of (str, bytes|str).
         Raises RecordTooLargeError for a record above ``max_request_size``."""
+        # Fast path — the common case: bytes/None key and value, no headers, partition, timestamp or
+        # serializers, a cached schema-less topic. Same checks and outcome as the general path below.
+        if (headers is None and partition is None and timestamp is None and type(topic) is str
+                and (value is None or type(value) is bytes) and (key is None or type(key) is bytes)
+                and self._plain and not self._closed):
+            meta = self._metadata.cached(topic)
+            if meta is not None and meta.schema is None:
+                size = RECORD_OVERHEAD_BYTES + (len(key) if key else 0) + (len(value) if value else 0)
+                if size <= self._fast_limit:
+                    return self._acc.append(
+                        topic, None if key is None else partition_for_key(key, len(meta.partitions)), meta,
+                        RECORDS, key, value, None, time.time_ns() // 1_000_000, size)
         self._check_open()
         if not isinstance(topic, str) or not topic:
             raise TypeError(f"topic must be a non-empty str, got {topic!r}")

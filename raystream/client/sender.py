@@ -4,10 +4,17 @@ Loop: collect finished requests → expire requests past ``request_timeout_ms`` 
 ``delivery_timeout_ms`` → refresh metadata that went stale → drain ready batches and send each to its
 partition's leader → sleep until the next linger / backoff / timeout deadline or a wakeup.
 
-Ordering: at most one produce request is in flight per partition (requests to different partitions are
-pipelined), and a failed batch goes back to the head of its queue, so records of a partition are written in
-send order even across retries. (``max_in_flight_requests_per_connection`` is accepted for Kafka
-compatibility; with one request per partition and per call it cannot reorder anything.)
+Pipelining and ordering: up to ``max_in_flight`` (``max_in_flight_requests_per_connection``, default 5 as
+in Kafka) produce requests are in flight per partition. Only full batches are pipelined: a batch sent
+because its ``linger_ms`` passed waits for the partition's request in flight, collecting records meanwhile.
+Requests stay in order because a replica actor runs the requests of one caller in submission order and
+appends a batch before its first suspension point. When a request of a partition fails with a retriable
+error (or must be split), that partition stops pipelining: nothing new is sent to it until every request
+still in flight to it has finished, then the failed batches go back to the head of its queue in their
+original order, and the partition sends one request at a time until one succeeds. As in Kafka without
+idempotence, a retry can still reorder records: a request sent after the failed one may have succeeded
+meanwhile and is not undone (``max_in_flight_requests_per_connection=1`` keeps strict order across
+retries).
 
 Retries: an error flagged ``retriable`` is retried after ``retry_backoff_ms`` while ``retries`` and the
 batch's delivery timeout allow (``invalid_metadata`` also schedules a metadata refresh); a batch the broker
@@ -48,7 +55,7 @@ class _InFlight:
 class Sender:
     def __init__(self, accumulator: RecordAccumulator, metadata: MetadataCache, transport: BaseTransport, *,
                  acks: int, retries: int, retry_backoff_ms: int, request_timeout_ms: int,
-                 delivery_timeout_ms: int, name: str) -> None:
+                 delivery_timeout_ms: int, name: str, max_in_flight: int = 1) -> None:
         self.acc = accumulator
         self.metadata = metadata
         self.transport = transport
@@ -57,7 +64,11 @@ class Sender:
         self.backoff_s = retry_backoff_ms / 1000
         self.request_timeout_ms = request_timeout_ms
         self.delivery_timeout_ms = delivery_timeout_ms
-        self._inflight: dict[TopicPartition, _InFlight] = {}
+        self.max_in_flight = max_in_flight
+        self._inflight: dict[TopicPartition, list[_InFlight]] = {}  # per partition, in send order
+        self._held: dict[TopicPartition, list[ProducerBatch]] = {}  # failed; retried once in-flight ones end
+        self._single: set[TopicPartition] = set()  # recovering from an error: one request at a time
+        self._seq = 0
         self._completions: deque[tuple[TopicPartition, _InFlight]] = deque()
         self._closing = False
         self._force = False
@@ -111,11 +122,11 @@ class Sender:
         for batch in self.acc.expire(now):
             self._fail(batch, self._expired(batch, None))
         metadata_at = self._refresh_metadata(now)
-        batches, next_at = self.acc.drain(now, self._can_send)
+        batches, next_at = self.acc.drain(now, self._can_send, self._inflight.__contains__)
         for batch in batches:
             self._send(batch, now)
         if self._inflight:
-            next_at = min(next_at, min(e.deadline for e in self._inflight.values()))
+            next_at = min(next_at, min(e.deadline for es in self._inflight.values() for e in es))
         next_at = min(next_at, metadata_at)
         with self.acc.cond:
             if self._completions or self.acc.wakeup or self._force:
@@ -125,16 +136,21 @@ class Sender:
             self.acc.cond.wait(min(MAX_IDLE_S, max(0.0, next_at - time.monotonic())))
         return False
 
-    def _can_send(self, tp: TopicPartition) -> bool:
-        if tp in self._inflight:
-            return False
+    def _can_send(self, tp: TopicPartition) -> int:
+        """How many more requests may go to ``tp`` now."""
+        if tp in self._held:
+            return 0
+        inflight = self._inflight.get(tp)
+        room = (1 if tp in self._single else self.max_in_flight) - (len(inflight) if inflight else 0)
+        if room <= 0:
+            return 0
         if self.metadata.leader(tp) is None:
             self.metadata.request_update(tp.topic)
-            return False
-        return True
+            return 0
+        return room
 
     def _refresh_metadata(self, now: float) -> float:
-        in_use = self.acc.topics_in_use() | {tp.topic for tp in self._inflight}
+        in_use = self.acc.topics_in_use() | {tp.topic for tp in self._inflight} | {tp.topic for tp in self._held}
         topics, next_at = self.metadata.due(now, in_use)
         if topics:
             try:
@@ -157,12 +173,15 @@ class Sender:
             self._fail(batch, exc)
             return
         batch.attempts += 1
+        if batch.attempts == 1:
+            self._seq += 1
+            batch.seq = self._seq
         try:
             future = self.transport.produce(tp, broker, data, self.acks, self.request_timeout_ms, epoch)
         except Exception as exc:  # transports should return failed futures; be safe anyway
             future = failed_future(exc)
         entry = _InFlight(batch, future, now + self.request_timeout_ms / 1000)
-        self._inflight[tp] = entry
+        self._inflight.setdefault(tp, []).append(entry)
         if self.acks == 0:  # fire and forget: done once handed to the transport (offsets unknown)
             batch.result.complete(-1, -1, -1)
         future.add_done_callback(lambda _f, tp=tp, entry=entry: self._on_done(tp, entry))
@@ -176,9 +195,8 @@ class Sender:
     def _process_completions(self) -> None:
         while self._completions:
             tp, entry = self._completions.popleft()
-            if self._inflight.get(tp) is not entry:
+            if not self._remove_inflight(tp, entry):
                 continue  # it had timed out already; the batch was retried or failed then
-            del self._inflight[tp]
             exc = entry.future.exception()
             if self.acks == 0:
                 if exc is not None:
@@ -186,26 +204,38 @@ class Sender:
                 self.acc.release(entry.batch)
             elif exc is None:
                 result = entry.future.result()
+                self._single.discard(tp)
                 entry.batch.result.complete(result.base_offset, result.log_append_time, result.max_timestamp)
                 self.acc.release(entry.batch)
             else:
                 self._on_error(entry.batch, exc, time.monotonic())
+            self._release_held(tp, time.monotonic())
+
+    def _remove_inflight(self, tp: TopicPartition, entry: _InFlight) -> bool:
+        entries = self._inflight.get(tp)
+        if not entries or entry not in entries:
+            return False
+        entries.remove(entry)
+        if not entries:
+            del self._inflight[tp]
+        return True
 
     def _expire_inflight(self, now: float) -> None:
-        for tp, entry in list(self._inflight.items()):
-            if entry.deadline <= now:
-                del self._inflight[tp]
+        for tp, entries in list(self._inflight.items()):
+            for entry in [e for e in entries if e.deadline <= now]:
+                self._remove_inflight(tp, entry)
                 if self.acks == 0:
                     self.acc.release(entry.batch)
                     continue
                 self._on_error(entry.batch, RequestTimeoutError(
                     f"produce of {entry.batch.count} record(s) to {tp} got no response within "
                     f"request_timeout_ms={self.request_timeout_ms}"), now)
+            self._release_held(tp, now)
 
     def _on_error(self, batch: ProducerBatch, exc: BaseException, now: float) -> None:
         if isinstance(exc, RecordTooLargeError) and batch.count > 1:
             log.info("splitting a batch of %d records to %s: %s", batch.count, batch.tp, exc)
-            self.acc.reenqueue(batch.split(), 0.0)
+            self._hold(batch.split(), 0.0)
             return
         if getattr(exc, "invalid_metadata", False):
             self.metadata.request_update(batch.tp.topic)
@@ -214,9 +244,24 @@ class Sender:
                 exc = self._expired(batch, exc)
             elif batch.attempts <= self.retries:
                 log.debug("retrying %d record(s) to %s after %s", batch.count, batch.tp, exc)
-                self.acc.reenqueue([batch], now + self.backoff_s)
+                self._hold([batch], now + self.backoff_s)
                 return
         self._fail(batch, exc)
+
+    def _hold(self, batches: list[ProducerBatch], retry_at: float) -> None:
+        """Keep failed batches of a partition until its other requests in flight have finished (the
+        partition stops pipelining meanwhile), then retry them in send order (``_release_held``)."""
+        tp = batches[0].tp
+        for batch in batches:
+            batch.retry_at = retry_at
+        self._held.setdefault(tp, []).extend(batches)
+        self._single.add(tp)
+
+    def _release_held(self, tp: TopicPartition, now: float) -> None:
+        if tp in self._inflight or tp not in self._held:
+            return
+        batches = sorted(self._held.pop(tp), key=lambda b: b.seq)  # stable: split halves stay in order
+        self.acc.reenqueue(batches, max(b.retry_at for b in batches))
 
     def _expired(self, batch: ProducerBatch, last: BaseException | None) -> RequestTimeoutError:
         cause = f"; last error: {type(last).__name__}: {last}" if last is not None else ""
@@ -232,8 +277,13 @@ class Sender:
 
     def _abort_everything(self) -> None:
         exc = ClosedError("producer was closed before these records were acknowledged")
-        for entry in self._inflight.values():
-            self._fail(entry.batch, exc)
+        for entries in self._inflight.values():
+            for entry in entries:
+                self._fail(entry.batch, exc)
         self._inflight.clear()
+        for batches in self._held.values():
+            for batch in batches:
+                self._fail(batch, exc)
+        self._held.clear()
         for batch in self.acc.drain_all():
             self._fail(batch, exc)
