@@ -212,7 +212,9 @@ class PartitionReplica:
         next_offset = offset
         if batches:
             next_offset = batches[-1].column(0)[-1].as_py() + 1
-        # Copy into the object store now: the views point into segment files a later truncation may shrink.
+        # The batches are zero-copy views of segment files; Ray serialises them into the object store as
+        # this coroutine returns. Only a follower truncates its log, and fetch is served by leaders, so the
+        # views stay valid (a demotion racing this return is the one window; see storage.segment).
         return FetchResult(batches, hw, self.log.log_start_offset, self.log.log_end_offset, next_offset, size)
 
     async def list_offset(self, spec: int) -> int:

@@ -68,11 +68,8 @@ CLEAN_SHUTDOWN_FILE = ".clean_shutdown"
 CHECKPOINT_FILE = "checkpoint"
 EPOCH_FILE = "leader-epoch-checkpoint"
 LOG_FORMAT = 1
-#: Suffixes of files that are mid-way through a change; recovery decides their fate.
-CLEANED_SUFFIX, SWAP_SUFFIX, DELETED_SUFFIX = ".cleaned", ".swap", ".deleted"
 #: As Kafka's log.flush.offset.checkpoint.interval.ms: how often a flush also persists the recovery point.
 CHECKPOINT_INTERVAL_MS = 60_000
-KNOWN_FILES = {META_FILE, LOCK_FILE, CLEAN_SHUTDOWN_FILE, CHECKPOINT_FILE, EPOCH_FILE}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -19,10 +19,6 @@ HEADER_TYPE = pa.list_(pa.struct([("key", pa.string()), ("value", pa.binary())])
 RECORD_SCHEMA = pa.schema([("key", pa.binary()), ("value", pa.binary()), ("headers", HEADER_TYPE)])
 
 
-def is_record_schema(schema: pa.Schema) -> bool:
-    return schema.equals(RECORD_SCHEMA)
-
-
 def schema_differences(expected: pa.Schema, actual: pa.Schema) -> list[str]:
     """Human-readable differences, one per field, in ``expected`` order."""
     diffs = []
