@@ -10,7 +10,6 @@
 __version__ = "0.1.0"
 
 from raystream import errors  # noqa: E402
-from raystream.client import Admin, Consumer, Producer  # noqa: E402
 from raystream.protocol import (  # noqa: E402
     BatchMetadata,
     PartitionInfo,
@@ -22,12 +21,16 @@ from raystream.protocol import (  # noqa: E402
 
 
 def __getattr__(name: str):
-    # init / shutdown / current live in raystream.api, which imports Ray: load it on first use so that
-    # `import raystream` (and the storage layer, the CLI's --help) stays light.
+    # Loaded on first use so that `import raystream` stays light: init / shutdown / current import Ray, and
+    # every partition replica process imports this package but needs none of the clients.
     if name in ("init", "shutdown", "current"):
         from raystream import api
 
         return getattr(api, name)
+    if name in ("Admin", "Consumer", "Producer"):
+        from raystream import client
+
+        return getattr(client, name)
     raise AttributeError(f"module 'raystream' has no attribute {name!r}")
 
 
