@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
 from collections import OrderedDict
 from typing import Any
@@ -59,10 +60,35 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+class _NoPandas:
+    """A meta-path finder that reports pandas as not installed (see :func:`_keep_pandas_out`)."""
+
+    @staticmethod
+    def find_spec(name: str, path: Any = None, target: Any = None) -> None:
+        if name == "pandas" or name.startswith("pandas."):
+            raise ModuleNotFoundError(f"pandas is kept out of raystream replica processes ({name})")
+        return None
+
+
+def _keep_pandas_out() -> None:
+    """Make ``import pandas`` fail in this (replica-only) process.
+
+    pyarrow asks its pandas shim whether an input is a pandas object on nearly every conversion
+    (``pa.array``, ``to_numpy``, compute calls with scalars), and the first question imports pandas when it
+    is installed: ~0.25 s of CPU, more under load, paid by every replica process on its first produce and
+    during topic start-up. Nothing a replica runs needs pandas, and Ray gives each actor a process of its
+    own, so a finder that reports pandas missing (the shim then records "no pandas") touches no user code.
+    Never call this outside an actor's own process.
+    """
+    if "pandas" not in sys.modules and not any(isinstance(f, _NoPandas) for f in sys.meta_path):
+        sys.meta_path.insert(0, _NoPandas())  # type: ignore[arg-type]
+
+
 class PartitionReplica:
     def __init__(self, cluster: str, topic: str, partition: int, broker_id: int, log_dir: str,
                  config: dict[str, Any], schema_bytes: bytes | None, key_column: str | None,
                  controller_name: str, broker_config: dict[str, Any]) -> None:
+        _keep_pandas_out()
         self.cluster, self.topic, self.partition, self.broker_id = cluster, topic, partition, broker_id
         self.name = f"{topic}-{partition} broker={broker_id}"
         self.broker_config = BrokerConfig(**broker_config)
