@@ -127,6 +127,14 @@ class BrokerConfig:
     log_retention_check_interval_ms: int = 300000
     default_replication_factor: int = 1
     num_partitions: int = 1
+    #: How often the controller checks every replica (raystream's stand-in for broker heartbeats).
+    replica_heartbeat_interval_ms: int = 500
+    #: A replica that answered no heartbeat for this long is failed: leaders are re-elected and it leaves
+    #: every ISR (Kafka's broker.session.timeout.ms is 9000; a replica here is a process, not a broker, and
+    #: the failover target is 3 s, so the default is shorter).
+    replica_session_timeout_ms: int = 1500
+    #: Re-replication: a broker dead for this long has its replicas rebuilt on other live brokers.
+    replica_reassignment_delay_ms: int = 60000
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any] | None = None) -> BrokerConfig:

@@ -25,6 +25,7 @@ import msgpack
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from raystream.actors.failover import FailoverMixin
 from raystream.config import BrokerConfig, TopicConfig
 from raystream.core.metadata import ClusterMetadata, TopicState
 from raystream.core.names import partition_dir_name, validate_topic_name
@@ -68,7 +69,7 @@ def register_broker(cluster: str, default_data_dir: str, proposed_id: int) -> tu
     return proposed_id, data_dir
 
 
-class Controller:
+class Controller(FailoverMixin):
     def __init__(self, cluster: str, data_dir: str, broker_config: dict[str, Any] | None = None) -> None:
         self.cluster = cluster
         self.data_dir = data_dir
@@ -81,6 +82,7 @@ class Controller:
         self._log_file = open(self._log_path, "ab")  # noqa: SIM115 - held for the actor's lifetime
         self._lock: asyncio.Lock | None = None
         self._started = False
+        self._init_failover()
         log.info("controller %s replayed %d topics, %d brokers", cluster, len(self.metadata.topics),
                  len(self.metadata.brokers))
 
@@ -232,6 +234,10 @@ class Controller:
         async with self._lock_():
             topic = self._topic(name)
             self._record({"t": "delete", "name": name})
+            for key in [k for k in self._handles if k[0] == name]:
+                self._handles.pop(key, None)
+            for key in [k for k in self._last_heard if k[0] == name]:
+                self._last_heard.pop(key, None)
             calls = []
             for state in topic.partitions.values():
                 for broker in state.replicas:
@@ -313,6 +319,12 @@ class Controller:
                 raise FencedLeaderEpochError(
                     f"{topic}-{partition}: ISR change from broker {leader} epoch {leader_epoch} rejected; "
                     f"leader is {state.leader} at epoch {state.leader_epoch}")
+            if partition_epoch != state.partition_epoch:
+                # Computed from a stale view (the controller fenced a dead follower, or an election ran):
+                # the leader hears the current state from the controller and proposes again if needed.
+                raise FencedLeaderEpochError(
+                    f"{topic}-{partition}: ISR change based on partition epoch {partition_epoch} rejected; "
+                    f"current partition epoch is {state.partition_epoch}")
             if leader not in isr or not set(isr) <= set(state.replicas):
                 raise ValueError(f"{topic}-{partition}: invalid ISR {isr} for replicas {list(state.replicas)}")
             if tuple(isr) != state.isr:

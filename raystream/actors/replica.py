@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 import time
 from collections import OrderedDict
@@ -93,6 +94,8 @@ class PartitionReplica:
         self.name = f"{topic}-{partition} broker={broker_id}"
         self.broker_config = BrokerConfig(**broker_config)
         schema = pa.ipc.read_schema(pa.py_buffer(schema_bytes)) if schema_bytes else None
+        reconstructed = ray.get_runtime_context().was_current_actor_reconstructed
+        lost_data = reconstructed and not os.path.isdir(log_dir)  # a lost disk: must not lead or count as ISR
         self.log = Log(log_dir, TopicConfig.from_dict(config), schema=schema, key_column=key_column or "key")
         self.state = PartitionState(self.name, broker_id)
         self.state.high_watermark = self.log.high_watermark
@@ -103,7 +106,12 @@ class PartitionReplica:
         self._hw_event: asyncio.Event | None = None
         self._shared_refs: OrderedDict[tuple[int, int], ray.ObjectRef] = OrderedDict()
         self._isr_change_pending = False
-        self._role_restored = False
+        self._rejoin: asyncio.Task | None = None
+        if reconstructed:
+            # A new incarnation of this replica (Ray restarted the process): it holds no role, and if it
+            # led, its followers' progress is gone. Ask the controller at once instead of waiting to be
+            # noticed (see raystream.actors.failover).
+            self._rejoin = asyncio.get_running_loop().create_task(self._rejoin_loop(lost_data))
         rep = self.log.recovery_report
         log.info("[%s] opened log %s (clean=%s, truncated=%d bytes)", self.name, self.log, rep.clean_shutdown,
                  rep.truncated_bytes)
@@ -134,6 +142,12 @@ class PartitionReplica:
 
     # -- roles ---------------------------------------------------------------------------------------------
     async def become_leader(self, epoch: int, replicas: list[int], isr: list[int], partition_epoch: int) -> int:
+        if self.state.role is Role.LEADER and epoch == self.state.leader_epoch:
+            # Same epoch: only the ISR changed (the controller fenced a failed follower). Keep replicating.
+            self.state.apply_isr(tuple(isr), partition_epoch)
+            self._advance_high_watermark()
+            self._signal("hw")
+            return self.log.log_end_offset
         self.state.become_leader(epoch, tuple(replicas), tuple(isr), partition_epoch, self.log.log_end_offset,
                                  self.log.high_watermark, _now_ms())
         self._stop_replicators()
@@ -160,17 +174,39 @@ class PartitionReplica:
         self._replicators.clear()
         self._shared_refs.clear()
 
-    async def _ensure_role(self) -> None:
-        """After Ray restarted this actor it has no role: ask the controller once what it should be."""
-        if self.state.role is not Role.OFFLINE or self._role_restored:
-            return
-        self._role_restored = True
-        controller = ray.get_actor(self.controller_name, namespace=ACTOR_NAMESPACE)
-        ps = await controller.get_partition_state.remote(self.topic, self.partition)
+    async def _rejoin_loop(self, lost_data: bool) -> None:
+        """Ask the controller for this replica's role until it answers (it may be restarting too)."""
+        backoff_s = self.broker_config.replica_retry_backoff_ms / 1000
+        while self.state.role is Role.OFFLINE:
+            try:
+                controller = ray.get_actor(self.controller_name, namespace=ACTOR_NAMESPACE)
+                ps = await controller.rejoin.remote(self.topic, self.partition, self.broker_id, lost_data)
+                if ps is None:
+                    log.warning("[%s] no longer a replica of this partition; staying offline", self.name)
+                    return
+                if self.state.role is Role.OFFLINE or ps.leader_epoch > self.state.leader_epoch:
+                    await self._apply_partition_state(ps)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # controller restarting: retry
+                log.info("[%s] rejoin failed (%s); retrying", self.name, type(exc).__name__)
+                await asyncio.sleep(backoff_s)
+
+    async def _apply_partition_state(self, ps) -> None:
         if ps.leader == self.broker_id:
             await self.become_leader(ps.leader_epoch, list(ps.replicas), list(ps.isr), ps.partition_epoch)
         elif self.broker_id in ps.replicas:
             await self.become_follower(ps.leader_epoch, ps.leader, list(ps.replicas))
+
+    async def _ensure_role(self) -> None:
+        """A request that reaches a just-restarted replica waits (briefly) for its rejoin to finish."""
+        if self.state.role is Role.OFFLINE and self._rejoin is not None and not self._rejoin.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(self._rejoin),
+                                       self.broker_config.replica_session_timeout_ms / 1000)
+            except asyncio.TimeoutError:
+                pass  # check_leader answers NotLeaderError: the client refreshes metadata and retries
 
     # -- produce -------------------------------------------------------------------------------------------
     async def produce(self, batch: pa.RecordBatch | pa.Table, acks: int, timeout_ms: int,
@@ -223,11 +259,15 @@ class PartitionReplica:
         deadline = time.monotonic() + max_wait_ms / 1000
         while True:
             hw = self.state.high_watermark
-            if offset > hw or offset < self.log.log_start_offset:
+            # Out of range is judged against the log end offset, as Kafka does: a new leader's high
+            # watermark can trail the old leader's until its followers report, and a consumer positioned
+            # between the two must wait, not be reset.
+            leo = self.log.log_end_offset
+            if offset > leo or offset < self.log.log_start_offset:
                 raise OffsetOutOfRangeError(
                     f"offset {offset} out of range for {self.topic}-{self.partition}: "
-                    f"log_start_offset={self.log.log_start_offset}, high_watermark={hw}",
-                    offset=offset, log_start_offset=self.log.log_start_offset, log_end_offset=hw)
+                    f"log_start_offset={self.log.log_start_offset}, log_end_offset={leo}, high_watermark={hw}",
+                    offset=offset, log_start_offset=self.log.log_start_offset, log_end_offset=leo)
             batches = self.log.read(offset, max_bytes, max_offset=hw, columns=columns) if offset < hw else []
             size = sum(b.get_total_buffer_size() for b in batches)
             remaining = deadline - time.monotonic()
@@ -378,6 +418,10 @@ class PartitionReplica:
 
     async def ping(self) -> int:
         return self.broker_id
+
+    async def heartbeat(self) -> tuple[str, int]:
+        """The controller's liveness check: (role, leader epoch) as this replica knows them."""
+        return self.state.role.value, self.state.leader_epoch
 
     async def shutdown(self, delete: bool = False) -> None:
         """Stop serving; flush and close the log (``delete``: remove its directory too)."""

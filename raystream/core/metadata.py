@@ -9,7 +9,8 @@ Record types::
     broker      {id, node, data_dir}                 a broker (stable id) now lives on a Ray node
     topic       {name, config, schema, key_column, assignment: {partition: [broker ids]}}
     partitions  {name, assignment}                    partitions added to a topic
-    partition   {topic, p, leader, epoch, isr, pe}   leader / ISR change (pe: partition epoch)
+    partition   {topic, p, leader, epoch, isr, pe[, replicas]}
+                                                      leader / ISR / replica set change (pe: partition epoch)
     config      {name, config}                        topic config replaced
     delete      {name}                                topic deleted
 
@@ -62,7 +63,7 @@ class ClusterMetadata:
             old = topic.partitions[record["p"]]
             topic.partitions[record["p"]] = dataclasses.replace(
                 old, leader=record["leader"], leader_epoch=record["epoch"], isr=tuple(record["isr"]),
-                partition_epoch=record["pe"])
+                partition_epoch=record["pe"], replicas=tuple(record.get("replicas", old.replicas)))
         elif kind == "config":
             self.topics[record["name"]].config = dict(record["config"])
         elif kind == "delete":
@@ -89,6 +90,10 @@ class ClusterMetadata:
                 "assignment": {p: list(r) for p, r in assignment.items()}}
 
     @staticmethod
-    def partition_record(state: PartitionState, leader: int, epoch: int, isr: tuple[int, ...]) -> dict[str, Any]:
-        return {"t": "partition", "topic": state.topic, "p": state.partition, "leader": leader, "epoch": epoch,
-                "isr": list(isr), "pe": state.partition_epoch + 1}
+    def partition_record(state: PartitionState, leader: int, epoch: int, isr: tuple[int, ...],
+                         replicas: tuple[int, ...] | None = None) -> dict[str, Any]:
+        record = {"t": "partition", "topic": state.topic, "p": state.partition, "leader": leader, "epoch": epoch,
+                  "isr": list(isr), "pe": state.partition_epoch + 1}
+        if replicas is not None:
+            record["replicas"] = list(replicas)
+        return record

@@ -1,0 +1,283 @@
+"""The controller's failure handling: replica heartbeats, leader election, ISR fencing, re-replication.
+
+Mixed into :class:`raystream.actors.controller.Controller` (it uses the controller's metadata, lock,
+write-ahead ``_record`` and replica handles); kept apart because it is one job: keeping every partition led
+by a live in-sync replica.
+
+How a failure is noticed, fastest first:
+
+* a replica's own process restarted by Ray (``ray.kill``, a crash): its new incarnation calls
+  :meth:`rejoin` at once; a restarted leader lost its leader state, so another in-sync replica is elected;
+* no heartbeat answered for ``replica.session.timeout.ms`` (1.5 s): a silent, hung or partitioned replica,
+  or a node Ray has not declared dead yet (that takes Ray ~15 s; we do not wait for it);
+* ``ActorDiedError`` on a heartbeat, or Ray reporting the node dead: the replica is gone for good.
+
+A failed leader is replaced by the first live ISR member (``raystream.core.election``); a failed follower
+leaves every ISR at once, so ``acks=all`` does not stall for ``replica.lag.time.max.ms``. Each decision is
+appended to the metadata log before any replica hears of it, and every heartbeat re-checks that each live
+replica knows its current role and epoch, re-sending it if not: a controller that crashed between
+recording and telling comes back from its log and finishes the job. Epochs only grow through recorded
+records, so one epoch never has two leaders.
+
+Re-replication: a broker dead for ``replica.reassignment.delay.ms`` has each of its replicas (outside the
+ISR by then) rebuilt on the least-loaded live broker that holds no replica of that partition; the new
+follower copies the log from the leader and joins the ISR when it has caught up.
+
+Concurrency: runs on the controller's event loop; heartbeats go out without the metadata lock, decisions
+are taken under it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import ray
+import ray.exceptions as rex
+
+from raystream.config import TopicConfig
+from raystream.core.election import Election, elect_leader, fence_dead_followers, replacement_broker
+from raystream.core.metadata import ClusterMetadata
+from raystream.protocol import PartitionState, Role
+
+log = logging.getLogger(__name__)
+_DEAD = "dead"
+
+
+class FailoverMixin:
+    """Heartbeats and elections (see the module docstring). Needs the controller's attributes."""
+
+    metadata: ClusterMetadata
+
+    def _init_failover(self) -> None:
+        self._last_heard: dict[tuple[str, int, int], float] = {}  # replica -> monotonic time of last answer
+        self._dead_replicas: set[tuple[str, int, int]] = set()
+        self._broker_dead_since: dict[int, float] = {}
+        self._handles: dict[tuple[str, int, int], Any] = {}
+        self._monitor: asyncio.Task | None = None
+        try:
+            self._monitor = asyncio.get_running_loop().create_task(self._monitor_loop())
+        except RuntimeError:  # not on an event loop (a unit test constructing the class): no monitor
+            self._monitor = None
+
+    # -- liveness -----------------------------------------------------------------------------------------------
+    def _live_replicas(self, state: PartitionState, now: float) -> set[int]:
+        """Brokers holding a live replica of ``state``: broker alive, replica answered recently."""
+        timeout_s = self.broker_config.replica_session_timeout_ms / 1000
+        live = set()
+        for broker in state.replicas:
+            info = self.metadata.brokers.get(broker)
+            key = (state.topic, state.partition, broker)
+            if info is None or not info.alive or key in self._dead_replicas:
+                continue
+            if now - self._last_heard.setdefault(key, now) <= timeout_s:
+                live.add(broker)
+        return live
+
+    def _cached_handle(self, key: tuple[str, int, int]) -> Any:
+        handle = self._handles.get(key)
+        if handle is None:
+            handle = self._handles[key] = self._replica_handle(*key, create=False)
+        return handle
+
+    async def _heartbeat(self, key: tuple[str, int, int], timeout_s: float) -> tuple[Any, ...] | str | None:
+        try:
+            handle = self._cached_handle(key)
+            return tuple(await asyncio.wait_for(handle.heartbeat.remote(), timeout_s))
+        except ValueError:  # no such actor (never created, or killed for good)
+            return None
+        except rex.ActorDiedError:
+            self._handles.pop(key, None)
+            return _DEAD
+        except Exception:  # unavailable (restarting, node unreachable) or slow: no answer this round
+            return None
+
+    async def _monitor_loop(self) -> None:
+        interval_s = self.broker_config.replica_heartbeat_interval_ms / 1000
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                if not self._started:
+                    await self.start()  # after Ray restarted this controller: reassert every role
+                await self._check_once(interval_s)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("controller failure check failed; retrying")
+
+    async def _check_once(self, timeout_s: float) -> None:
+        await self._check_nodes()
+        keys = [(t.name, s.partition, b) for t in list(self.metadata.topics.values())
+                for s in t.partitions.values() for b in s.replicas
+                if self.metadata.brokers.get(b) is not None and self.metadata.brokers[b].alive]
+        answers = await asyncio.gather(*(self._heartbeat(k, timeout_s) for k in keys))
+        now = time.monotonic()
+        reports: dict[tuple[str, int, int], tuple[Any, ...]] = {}
+        for key, answer in zip(keys, answers, strict=True):
+            if answer == _DEAD:
+                self._dead_replicas.add(key)
+            elif answer is not None:
+                self._last_heard[key] = now
+                self._dead_replicas.discard(key)
+                reports[key] = answer
+        async with self._lock_():
+            await self._decide(now, reports)
+            await self._reassign_dead_brokers(now)
+
+    async def _check_nodes(self) -> None:
+        """Follow Ray's node table: brokers whose node died are dead (their replica actors are killed so the
+        names are free when the broker returns); a new or returning node registers its broker."""
+        nodes = await asyncio.to_thread(ray.nodes)
+        alive_nodes = {n["NodeID"] for n in nodes if n["Alive"]}
+        known_nodes = {info.node_id for info in self.metadata.brokers.values() if info.alive}
+        if alive_nodes == known_nodes:
+            return
+        async with self._lock_():
+            before = {b for b, info in self.metadata.brokers.items() if info.alive}
+            await self._register_brokers()
+            after = {b for b, info in self.metadata.brokers.items() if info.alive}
+            now = time.monotonic()
+            for broker in before - after:
+                log.warning("broker %d (node %s) is dead", broker, self.metadata.brokers[broker].node_id)
+                self._broker_dead_since.setdefault(broker, now)
+                self._forget_broker_replicas(broker)
+            for broker in after - before:
+                log.info("broker %d is alive again", broker)
+                self._broker_dead_since.pop(broker, None)
+            if after - before:
+                await asyncio.gather(*(self._ensure_replicas(t, only_missing=True)
+                                       for t in list(self.metadata.topics.values())))
+
+    def _forget_broker_replicas(self, broker: int) -> None:
+        for topic in self.metadata.topics.values():
+            for state in topic.partitions.values():
+                if broker in state.replicas:
+                    key = (topic.name, state.partition, broker)
+                    handle = self._handles.pop(key, None)
+                    self._dead_replicas.add(key)
+                    try:
+                        ray.kill(handle or self._replica_handle(*key, create=False), no_restart=True)
+                    except Exception:  # already gone
+                        pass
+
+    # -- decisions (under the metadata lock) -----------------------------------------------------------------
+    async def _decide(self, now: float, reports: dict[tuple[str, int, int], tuple[Any, ...]]) -> None:
+        notify: list[PartitionState] = []
+        resend: list[tuple[PartitionState, int]] = []
+        for topic in list(self.metadata.topics.values()):
+            unclean = TopicConfig.from_dict(topic.config).unclean_leader_election_enable
+            for p in sorted(topic.partitions):
+                state = topic.partitions[p]
+                live = self._live_replicas(state, now)
+                election = elect_leader(state, live, unclean)
+                if election is not None:
+                    notify.append(self._apply_election(state, election))
+                    continue
+                isr = fence_dead_followers(state, live)
+                if isr is not None:
+                    log.warning("%s-%d: followers %s failed; ISR %s -> %s", state.topic, p,
+                                sorted(set(state.isr) - set(isr)), list(state.isr), list(isr))
+                    self._record(ClusterMetadata.partition_record(state, state.leader, state.leader_epoch, isr))
+                    notify.append(topic.partitions[p])
+                    continue
+                for broker in live:  # a replica that missed its role (e.g. the controller crashed meanwhile)
+                    report = reports.get((state.topic, p, broker))
+                    if report is not None and report[0] != Role.OFFLINE.value and report[1] < state.leader_epoch:
+                        resend.append((state, broker))
+        await asyncio.gather(*(self._notify_partition(s) for s in notify),
+                             *(self._send_role_safely(s, b) for s, b in resend))
+
+    def _apply_election(self, state: PartitionState, election: Election) -> PartitionState:
+        log.warning("%s-%d: %s; leader %d -> %d at epoch %d, ISR %s%s", state.topic, state.partition,
+                    election.reason, state.leader, election.leader, election.leader_epoch, list(election.isr),
+                    "" if election.clean else " (UNCLEAN: acknowledged records may be lost)")
+        self._record(ClusterMetadata.partition_record(state, election.leader, election.leader_epoch,
+                                                      election.isr))
+        return self.metadata.topics[state.topic].partitions[state.partition]
+
+    async def _notify_partition(self, state: PartitionState) -> None:
+        await asyncio.gather(*(self._send_role_safely(state, b) for b in state.replicas
+                               if self.metadata.brokers.get(b) is not None and self.metadata.brokers[b].alive))
+
+    async def _send_role_safely(self, state: PartitionState, broker: int) -> None:
+        key = (state.topic, state.partition, broker)
+        try:
+            handle = self._cached_handle(key)
+            await asyncio.wait_for(self._send_role(handle, state, broker),
+                                   self.broker_config.replica_session_timeout_ms / 1000)
+        except Exception as exc:  # the next heartbeat re-checks its role
+            log.info("could not tell %s-%d on broker %d its role: %s", state.topic, state.partition, broker,
+                     type(exc).__name__)
+
+    # -- a restarted replica -------------------------------------------------------------------------------------
+    async def rejoin(self, topic: str, partition: int, broker: int, lost_data: bool = False) -> PartitionState | None:
+        """Called by a replica whose process Ray restarted (or whose log directory was lost): it has no role
+        yet. A restarted leader gives way to another in-sync replica (it lost the followers' progress); a
+        replica that lost its data leaves the ISR first, so it can never be elected with an empty log.
+        Returns the partition's state (None: this broker no longer holds a replica of it)."""
+        async with self._lock_():
+            state = self.metadata.topics[topic].partitions.get(partition) if topic in self.metadata.topics \
+                else None
+            if state is None or broker not in state.replicas:
+                return None
+            key = (topic, partition, broker)
+            self._last_heard[key] = time.monotonic()
+            self._dead_replicas.discard(key)
+            self._handles.pop(key, None)
+            live = self._live_replicas(state, time.monotonic()) | {broker}
+            if lost_data and broker in state.isr:
+                log.warning("%s-%d: replica on broker %d lost its log; removing it from the ISR", topic,
+                            partition, broker)
+                live.discard(broker)
+                unclean = TopicConfig.from_dict(self.metadata.topics[topic].config).unclean_leader_election_enable
+                election = elect_leader(state, live, unclean, "leader lost its log") if broker == state.leader \
+                    else None
+                if election is not None:
+                    state = self._apply_election(state, election)
+                if broker in state.isr:
+                    isr = tuple(b for b in state.isr if b != broker)
+                    self._record(ClusterMetadata.partition_record(state, state.leader, state.leader_epoch, isr))
+                    state = self.metadata.topics[topic].partitions[partition]
+            elif broker == state.leader:
+                unclean = TopicConfig.from_dict(self.metadata.topics[topic].config).unclean_leader_election_enable
+                election = elect_leader(state, live, unclean, "leader restarted", avoid=broker)
+                if election is not None:
+                    state = self._apply_election(state, election)
+            others = [b for b in state.replicas if b != broker]
+            await asyncio.gather(*(self._send_role_safely(state, b) for b in others
+                                   if self.metadata.brokers.get(b) is not None and self.metadata.brokers[b].alive))
+            return state
+
+    # -- re-replication -------------------------------------------------------------------------------------------
+    async def _reassign_dead_brokers(self, now: float) -> None:
+        delay_s = self.broker_config.replica_reassignment_delay_ms / 1000
+        overdue = [b for b, since in self._broker_dead_since.items() if now - since >= delay_s]
+        if not overdue:
+            return
+        live = self._live_brokers()
+        load: dict[int, int] = {}
+        for topic in self.metadata.topics.values():
+            for state in topic.partitions.values():
+                for b in state.replicas:
+                    load[b] = load.get(b, 0) + 1
+        for dead in overdue:
+            for topic in list(self.metadata.topics.values()):
+                for p in sorted(topic.partitions):
+                    state = topic.partitions[p]
+                    # Never replace an ISR member: it may be the only copy of acknowledged records.
+                    if dead not in state.replicas or dead in state.isr or state.leader < 0:
+                        continue
+                    new = replacement_broker(state, dead, live, load)
+                    if new is None:
+                        continue
+                    replicas = tuple(new if b == dead else b for b in state.replicas)
+                    log.warning("%s-%d: broker %d dead for %.0f s; re-replicating its replica on broker %d",
+                                topic.name, p, dead, now - self._broker_dead_since[dead], new)
+                    self._record(ClusterMetadata.partition_record(state, state.leader, state.leader_epoch + 1,
+                                                                  state.isr, replicas))
+                    load[new] = load.get(new, 0) + 1
+                    self._last_heard[(topic.name, p, new)] = now
+                    await self._ensure_replicas(topic, [p], only_missing=True)
+                    await self._notify_partition(topic.partitions[p])
