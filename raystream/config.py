@@ -135,6 +135,10 @@ class BrokerConfig:
     replica_session_timeout_ms: int = 1500
     #: Re-replication: a broker dead for this long has its replicas rebuilt on other live brokers.
     replica_reassignment_delay_ms: int = 60000
+    #: Kafka's producer.id.expiration.ms: a replica forgets an idempotent producer whose last batch is this
+    #: old (by the batch's max timestamp); its next batch then starts a new sequence (the client bumps its
+    #: epoch and retries).
+    producer_id_expiration_ms: int = 86_400_000
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any] | None = None) -> BrokerConfig:

@@ -25,6 +25,7 @@ import msgpack
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from raystream.actors import logs
 from raystream.actors.failover import FailoverMixin
 from raystream.config import BrokerConfig, TopicConfig
 from raystream.core.metadata import ClusterMetadata, TopicState
@@ -71,6 +72,7 @@ def register_broker(cluster: str, default_data_dir: str, proposed_id: int) -> tu
 
 class Controller(FailoverMixin):
     def __init__(self, cluster: str, data_dir: str, broker_config: dict[str, Any] | None = None) -> None:
+        logs.configure()
         self.cluster = cluster
         self.data_dir = data_dir
         self.broker_config = BrokerConfig.from_dict(broker_config)
@@ -127,7 +129,7 @@ class Controller(FailoverMixin):
                                    for t in list(self.metadata.topics.values())))
             return dict(self.metadata.brokers)
 
-    async def _register_brokers(self) -> None:
+    async def _register_brokers(self, timeout_s: float = 60.0) -> None:
         nodes = [n for n in ray.nodes() if n["Alive"]]
         proposed = self.metadata.next_broker_id
         calls = []
@@ -135,9 +137,20 @@ class Controller(FailoverMixin):
             strategy = NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)
             calls.append(register_broker.options(scheduling_strategy=strategy).remote(
                 self.cluster, self.data_dir, proposed + i))
-        results = await asyncio.gather(*calls)
+        # Bounded: a node Ray still lists as alive may be gone (Ray takes ~15 s to notice); the failure
+        # monitor passes a short timeout so that such a node does not hold the metadata lock, and with it
+        # every election, for that long (it counts as dead this round and is asked again next round).
+        results = await asyncio.gather(*(asyncio.wait_for(c, timeout_s) for c in calls), return_exceptions=True)
         alive_ids = set()
-        for node, (broker_id, data_dir) in zip(nodes, results, strict=True):
+        for node, result in zip(nodes, results, strict=True):
+            if isinstance(result, BaseException):
+                # Dead, dying or just slow: a broker already known on this node keeps its state (replica
+                # heartbeats judge its replicas); an unknown one is registered on a later round.
+                log.info("node %s did not register its broker: %s", node["NodeID"], type(result).__name__)
+                alive_ids.update(b for b, info in self.metadata.brokers.items()
+                                 if info.node_id == node["NodeID"] and info.alive)
+                continue
+            broker_id, data_dir = result
             alive_ids.add(broker_id)
             known = self.metadata.brokers.get(broker_id)
             if known is None or known.node_id != node["NodeID"] or known.data_dir != data_dir:
@@ -180,6 +193,7 @@ class Controller(FailoverMixin):
                 if only_missing and self._replica_exists(topic.name, state.partition, broker):
                     continue
                 handle = self._replica_handle(topic.name, state.partition, broker)
+                self._replica_created((topic.name, state.partition, broker))
                 calls.append(self._send_role(handle, state, broker))
         await asyncio.gather(*calls)
 
@@ -335,3 +349,22 @@ class Controller(FailoverMixin):
 
     async def ping(self) -> str:
         return self.cluster
+
+    async def init_producer_id(self) -> tuple[int, int]:
+        """A new idempotent-producer id and its epoch (always 0): ``(producer_id, producer_epoch)``.
+
+        Ids never repeat, across restarts too: they are handed out from memory within a block whose end is
+        recorded in the metadata log first (``producer_ids {next}``, 1000 ids ahead), so a restarted
+        controller continues after the recorded end and at most skips the unused rest of a block.
+        Concurrency: no ``await`` inside, so the read-and-advance is atomic on the actor's event loop; it
+        deliberately does not take ``self._lock``, so producers do not wait behind a slow topic change.
+        """
+        block = 1000
+        cursor: int | None = getattr(self, "_producer_id_cursor", None)  # the next id to hand out
+        if cursor is None or cursor >= self.metadata.next_producer_id:
+            # This incarnation's first call (continue after everything recorded so far) or the block is used
+            # up: reserve the next block durably before handing out any id of it.
+            cursor = self.metadata.next_producer_id if cursor is None else cursor
+            self._record({"t": "producer_ids", "next": cursor + block})
+        self._producer_id_cursor = cursor + 1
+        return cursor, 0

@@ -136,13 +136,21 @@ class FailoverMixin:
             return
         async with self._lock_():
             before = {b for b, info in self.metadata.brokers.items() if info.alive}
-            await self._register_brokers()
+            nodes_before = {b: info.node_id for b, info in self.metadata.brokers.items()}
+            await self._register_brokers(timeout_s=2 * self.broker_config.replica_session_timeout_ms / 1000)
             after = {b for b, info in self.metadata.brokers.items() if info.alive}
             now = time.monotonic()
+            # A broker whose data dir came back on another Ray node (a machine restarted before Ray declared
+            # the old node dead): its old replica actors are pinned to the old node; free their names.
+            moved = {b for b in after & before if self.metadata.brokers[b].node_id != nodes_before.get(b)}
+            for broker in moved:
+                log.warning("broker %d moved to node %s", broker, self.metadata.brokers[broker].node_id)
+                await self._forget_broker_replicas(broker)
+            before -= moved
             for broker in before - after:
                 log.warning("broker %d (node %s) is dead", broker, self.metadata.brokers[broker].node_id)
                 self._broker_dead_since.setdefault(broker, now)
-                self._forget_broker_replicas(broker)
+                await self._forget_broker_replicas(broker)
             for broker in after - before:
                 log.info("broker %d is alive again", broker)
                 self._broker_dead_since.pop(broker, None)
@@ -150,17 +158,31 @@ class FailoverMixin:
                 await asyncio.gather(*(self._ensure_replicas(t, only_missing=True)
                                        for t in list(self.metadata.topics.values())))
 
-    def _forget_broker_replicas(self, broker: int) -> None:
-        for topic in self.metadata.topics.values():
-            for state in topic.partitions.values():
-                if broker in state.replicas:
-                    key = (topic.name, state.partition, broker)
-                    handle = self._handles.pop(key, None)
-                    self._dead_replicas.add(key)
-                    try:
-                        ray.kill(handle or self._replica_handle(*key, create=False), no_restart=True)
-                    except Exception:  # already gone
-                        pass
+    def _replica_created(self, key: tuple[str, int, int]) -> None:
+        """A replica actor was (re)created: it starts with a full session of grace."""
+        self._dead_replicas.discard(key)
+        self._handles.pop(key, None)
+        self._last_heard[key] = time.monotonic()
+
+    async def _forget_broker_replicas(self, broker: int) -> None:
+        """Kill (for good) every replica actor of ``broker`` and wait, bounded, until their names are free,
+        so that replicas can be created again when the broker returns."""
+        keys = [(topic.name, state.partition, broker) for topic in self.metadata.topics.values()
+                for state in topic.partitions.values() if broker in state.replicas]
+        for key in keys:
+            handle = self._handles.pop(key, None)
+            self._dead_replicas.add(key)
+            try:
+                ray.kill(handle or self._replica_handle(*key, create=False), no_restart=True)
+            except Exception:  # already gone
+                pass
+        deadline = time.monotonic() + self.broker_config.replica_session_timeout_ms / 1000 * 4
+        while keys and time.monotonic() < deadline:
+            keys = [k for k in keys if self._replica_exists(*k)]
+            if keys:
+                await asyncio.sleep(0.05)
+        if keys:
+            log.warning("replica actors %s of broker %d still exist after being killed", keys, broker)
 
     # -- decisions (under the metadata lock) -----------------------------------------------------------------
     async def _decide(self, now: float, reports: dict[tuple[str, int, int], tuple[Any, ...]]) -> None:
@@ -253,16 +275,22 @@ class FailoverMixin:
     # -- re-replication -------------------------------------------------------------------------------------------
     async def _reassign_dead_brokers(self, now: float) -> None:
         delay_s = self.broker_config.replica_reassignment_delay_ms / 1000
-        overdue = [b for b, since in self._broker_dead_since.items() if now - since >= delay_s]
+        overdue = {b for b, since in self._broker_dead_since.items() if now - since >= delay_s}
+        # Ray may take a long while to declare a killed node dead; a broker none of whose replicas has
+        # answered a heartbeat for the delay is just as gone.
+        last_answer: dict[int, float] = {}
+        for (_, _, broker), heard in self._last_heard.items():
+            last_answer[broker] = max(last_answer.get(broker, 0.0), heard)
+        overdue |= {b for b, heard in last_answer.items() if now - heard >= delay_s}
         if not overdue:
             return
-        live = self._live_brokers()
+        live = [b for b in self._live_brokers() if b not in overdue]
         load: dict[int, int] = {}
         for topic in self.metadata.topics.values():
             for state in topic.partitions.values():
                 for b in state.replicas:
                     load[b] = load.get(b, 0) + 1
-        for dead in overdue:
+        for dead in sorted(overdue):
             for topic in list(self.metadata.topics.values()):
                 for p in sorted(topic.partitions):
                     state = topic.partitions[p]
@@ -273,11 +301,13 @@ class FailoverMixin:
                     if new is None:
                         continue
                     replicas = tuple(new if b == dead else b for b in state.replicas)
-                    log.warning("%s-%d: broker %d dead for %.0f s; re-replicating its replica on broker %d",
-                                topic.name, p, dead, now - self._broker_dead_since[dead], new)
+                    log.warning("%s-%d: broker %d gone for over %.0f s; re-replicating its replica on broker %d",
+                                topic.name, p, dead, delay_s, new)
                     self._record(ClusterMetadata.partition_record(state, state.leader, state.leader_epoch + 1,
                                                                   state.isr, replicas))
                     load[new] = load.get(new, 0) + 1
+                    self._last_heard.pop((topic.name, p, dead), None)
+                    self._dead_replicas.discard((topic.name, p, dead))
                     self._last_heard[(topic.name, p, new)] = now
                     await self._ensure_replicas(topic, [p], only_missing=True)
                     await self._notify_partition(topic.partitions[p])

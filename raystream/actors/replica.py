@@ -30,6 +30,12 @@ from typing import Any
 import pyarrow as pa
 import ray
 
+from raystream.actors import logs
+from raystream.actors.producer_ids import (
+    PRODUCER_ID_EXPIRATION_CHECK_INTERVAL_MS,
+    REORDER_WAIT_MS,
+    ReplicaProducerState,
+)
 from raystream.config import BrokerConfig, TopicConfig
 from raystream.core.partition_state import PartitionState
 from raystream.errors import (
@@ -90,6 +96,7 @@ class PartitionReplica:
                  config: dict[str, Any], schema_bytes: bytes | None, key_column: str | None,
                  controller_name: str, broker_config: dict[str, Any]) -> None:
         _keep_pandas_out()
+        logs.configure()
         self.cluster, self.topic, self.partition, self.broker_id = cluster, topic, partition, broker_id
         self.name = f"{topic}-{partition} broker={broker_id}"
         self.broker_config = BrokerConfig(**broker_config)
@@ -97,6 +104,7 @@ class PartitionReplica:
         reconstructed = ray.get_runtime_context().was_current_actor_reconstructed
         lost_data = reconstructed and not os.path.isdir(log_dir)  # a lost disk: must not lead or count as ISR
         self.log = Log(log_dir, TopicConfig.from_dict(config), schema=schema, key_column=key_column or "key")
+        self.producers = ReplicaProducerState(self.log, self.name)  # idempotence: snapshot + replay on open
         self.state = PartitionState(self.name, broker_id)
         self.state.high_watermark = self.log.high_watermark
         self.controller_name = controller_name
@@ -210,7 +218,19 @@ class PartitionReplica:
 
     # -- produce -------------------------------------------------------------------------------------------
     async def produce(self, batch: pa.RecordBatch | pa.Table, acks: int, timeout_ms: int,
-                      leader_epoch: int | None = None) -> ProduceResult:
+                      leader_epoch: int | None = None, producer_id: int = -1, producer_epoch: int = -1,
+                      base_sequence: int = -1) -> ProduceResult:
+        """Append ``batch`` as the leader; with acks=all, answer once the high watermark covers it.
+
+        Idempotent producers (``producer_id >= 0``) are checked first (``raystream.core.producer_state``): a
+        retry of a batch already in the log is not written again and is answered with the original offsets
+        (after the same acks=all wait); a sequence gap raises OutOfOrderSequenceError, a stale producer epoch
+        InvalidProducerEpochError. Ray starts an async actor's requests as their arguments arrive, so a
+        producer's pipelined requests can arrive out of order: a batch whose sequence is *ahead* of the
+        expected one waits (up to ``REORDER_WAIT_MS``) for the batches before it, then is checked again.
+        Concurrency: the final check, the append and the state update run with no ``await`` between them,
+        so each producer's batches are checked and applied one at a time, in sequence order.
+        """
         await self._ensure_role()
         self.state.check_leader(leader_epoch)
         if acks not in (0, 1, -1):
@@ -220,21 +240,39 @@ class PartitionReplica:
             raise NotEnoughReplicasError(
                 f"[{self.name}] ISR {list(self.state.isr)} is smaller than min.insync.replicas={min_isr}",
                 isr=list(self.state.isr), min_insync_replicas=min_isr)
-        info = self.log.append(batch, leader_epoch=self.state.leader_epoch)
-        self._signal("data")
-        self._advance_high_watermark()
-        result = ProduceResult(info.base_offset, info.log_append_time, self.log.log_start_offset,
-                               info.record_count, info.max_timestamp)
+        duplicate = None
+        if producer_id < 0:
+            producer_epoch = base_sequence = -1  # not idempotent: store no stray producer fields
+        elif batch.num_rows:  # (an empty batch is rejected by the append)
+            # Returns without suspending after its final check: the append below follows with no await.
+            duplicate = await self.producers.check_in_order(
+                producer_id, producer_epoch, base_sequence, batch.num_rows,
+                lambda s: self._wait("data", s), min(timeout_ms / 2, REORDER_WAIT_MS) / 1000,
+                lambda: self.state.check_leader(leader_epoch))
+        if duplicate is not None:
+            log_append_time = duplicate.timestamp if self.log.config.message_timestamp_type == "LogAppendTime" else -1
+            result = ProduceResult(duplicate.base_offset, log_append_time, self.log.log_start_offset,
+                                   duplicate.last_offset - duplicate.base_offset + 1, duplicate.timestamp)
+            last_offset = duplicate.last_offset
+        else:
+            info = self.log.append(batch, leader_epoch=self.state.leader_epoch, producer_id=producer_id,
+                                   producer_epoch=producer_epoch, base_sequence=base_sequence)
+            self.producers.record(info.header)
+            self._signal("data")
+            self._advance_high_watermark()
+            result = ProduceResult(info.base_offset, info.log_append_time, self.log.log_start_offset,
+                                   info.record_count, info.max_timestamp)
+            last_offset = info.last_offset
         if acks != -1:
             return result
         deadline = time.monotonic() + timeout_ms / 1000
-        while self.state.high_watermark <= info.last_offset:
+        while self.state.high_watermark <= last_offset:
             if self.state.role is not Role.LEADER:
                 raise NotLeaderError(f"[{self.name}] lost leadership before the write was replicated")
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise RequestTimeoutError(
-                    f"[{self.name}] offset {info.last_offset} not replicated to ISR {list(self.state.isr)} "
+                    f"[{self.name}] offset {last_offset} not replicated to ISR {list(self.state.isr)} "
                     f"within {timeout_ms} ms")
             await self._wait("hw", remaining)
         if len(self.state.isr) < min_isr:
@@ -388,8 +426,10 @@ class PartitionReplica:
         self.state.accept_replication(epoch, leader)
         if offset < self.log.log_start_offset or self.log.log_end_offset < leader_log_start:
             self.log.truncate_fully_and_start_at(leader_log_start)
+            self.producers.after_full_truncation()
         elif offset < self.log.log_end_offset:
             self.log.truncate_to(offset)
+            self.producers.after_truncation()  # the cut batches' sequences must be accepted again
             log.info("[%s] truncated to %d following broker %d at epoch %d", self.name,
                      self.log.log_end_offset, leader, epoch)
         return self.log.log_end_offset
@@ -397,9 +437,10 @@ class PartitionReplica:
     async def replicate(self, epoch: int, leader: int, batches: list, high_watermark: int) -> int:
         self.state.accept_replication(epoch, leader)
         leo = self.log.log_end_offset
-        fresh = [b for b in batches if b.header.base_offset >= leo]
-        if fresh:
-            self.log.append_as_follower(fresh)
+        for batch in (b for b in batches if b.header.base_offset >= leo):
+            # One batch per append, recorded at once: the producer state is exact at every segment roll.
+            self.log.append_as_follower([batch])
+            self.producers.record(batch.header)
         hw = min(high_watermark, self.log.log_end_offset)
         if hw > self.state.high_watermark:
             self.state.high_watermark = hw
@@ -431,8 +472,12 @@ class PartitionReplica:
             self._housekeeping.cancel()
         if delete:
             self.log.delete()
-        else:
-            self.log.close()
+            return
+        try:
+            self.producers.snapshot()  # the next open then replays no batch headers
+        except Exception:  # the log must still close cleanly; the next open replays more
+            log.exception("[%s] producer state snapshot at shutdown failed", self.name)
+        self.log.close()
 
     # -- housekeeping ----------------------------------------------------------------------------------------
     def _start_housekeeping(self) -> None:
@@ -440,9 +485,11 @@ class PartitionReplica:
             self._housekeeping = asyncio.get_running_loop().create_task(self._housekeeping_loop())
 
     async def _housekeeping_loop(self) -> None:
-        """ISR shrink checks (leader), retention and compaction (every replica, as in Kafka)."""
+        """ISR shrink checks (leader); retention, compaction and idle producer-id expiry (every replica, as in
+        Kafka)."""
         cfg = self.broker_config
-        last_cleanup = 0.0
+        last_cleanup, last_expiry = 0.0, time.monotonic()
+        expiry_interval_s = min(cfg.producer_id_expiration_ms, PRODUCER_ID_EXPIRATION_CHECK_INTERVAL_MS) / 1000
         while True:
             await asyncio.sleep(min(cfg.replica_lag_time_max_ms / 2, 1000) / 1000)
             try:
@@ -452,9 +499,13 @@ class PartitionReplica:
                         await self._propose_isr(shrunk)
                 if time.monotonic() - last_cleanup >= cfg.log_retention_check_interval_ms / 1000:
                     last_cleanup = time.monotonic()
-                    self.log.apply_retention(high_watermark=self.state.high_watermark)
+                    if self.log.apply_retention(high_watermark=self.state.high_watermark):
+                        self.producers.after_retention()
                     if self.log.config.compact:
                         await asyncio.get_running_loop().run_in_executor(None, compact, self.log, _now_ms())
+                if time.monotonic() - last_expiry >= expiry_interval_s:
+                    last_expiry = time.monotonic()
+                    self.producers.expire(cfg.producer_id_expiration_ms)
             except asyncio.CancelledError:
                 raise
             except Exception:

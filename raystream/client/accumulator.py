@@ -27,6 +27,7 @@ from typing import Any
 import pyarrow as pa
 
 from raystream.client.futures import BatchResult, RecordFuture
+from raystream.core.producer_state import increment_sequence
 from raystream.errors import ClosedError, RequestTimeoutError
 from raystream.protocol import TopicMetadata, TopicPartition
 from raystream.storage.batch import TIMESTAMP_COLUMN
@@ -51,7 +52,8 @@ class ProducerBatch:
     until drained; from then on owned by the sender thread alone."""
 
     __slots__ = ("tp", "kind", "schema", "keys", "values", "headers", "has_headers", "timestamps", "rows",
-                 "arrow", "size", "count", "created", "deadline", "result", "attempts", "retry_at", "closed", "seq")
+                 "arrow", "size", "count", "created", "deadline", "result", "attempts", "retry_at", "closed", "seq",
+                 "part", "producer_id", "producer_epoch", "base_sequence", "sent_behind")
 
     def __init__(self, tp: TopicPartition, kind: str, now: float, delivery_timeout_s: float,
                  schema: pa.Schema | None = None, arrow: pa.RecordBatch | None = None) -> None:
@@ -71,6 +73,10 @@ class ProducerBatch:
         self.retry_at = 0.0
         self.closed = kind == ARROW
         self.seq = 0  # set by the sender when first sent: orders a partition's batches for retries
+        self.part: tuple[int, ...] = ()  # which half of which half... of the batch ``seq`` it was split from
+        # Idempotence (set by the sender when drained; kept across retries, cleared by a sequence reset):
+        self.producer_id = self.producer_epoch = self.base_sequence = -1
+        self.sent_behind = False  # last sent while an earlier batch of its partition was unfinished
         if arrow is not None:
             self.count = self.result.record_count = arrow.num_rows
             self.size = arrow.nbytes
@@ -113,14 +119,22 @@ class ProducerBatch:
         return self.arrow
 
     def split(self) -> list[ProducerBatch]:
-        """Two batches holding this batch's first and second halves (it was too large for the broker)."""
+        """Two batches holding this batch's first and second halves (it was too large for the broker).
+
+        A sequenced batch's halves share out its sequence range (as Kafka's ProducerBatch.split): the first
+        half keeps the base sequence, the second starts after it. The broker wrote nothing of the original,
+        so the partition's sequence stays gapless and the batches sent after it keep theirs."""
         data = self.build()
         half = self.count // 2
         parts = []
-        for result, (start, count) in zip(self.result.split([half, self.count - half]),
-                                          ((0, half), (half, self.count - half)), strict=True):
+        for index, (result, (start, count)) in enumerate(zip(self.result.split([half, self.count - half]),
+                                                             ((0, half), (half, self.count - half)), strict=True)):
             part = ProducerBatch(self.tp, ARROW, self.created, 0.0, arrow=data.slice(start, count))
             part.result, part.deadline, part.attempts, part.seq = result, self.deadline, self.attempts, self.seq
+            part.part = self.part + (index,)
+            part.producer_id, part.producer_epoch = self.producer_id, self.producer_epoch
+            if self.base_sequence >= 0:
+                part.base_sequence = increment_sequence(self.base_sequence, start)
             part.size = self.size * count // self.count
             parts.append(part)
         parts[1].size = self.size - parts[0].size

@@ -60,10 +60,17 @@ class BaseTransport(abc.ABC):
     @abc.abstractmethod
     def create_partitions(self, name: str, total: int, timeout_s: float | None = None) -> Any: ...
 
+    @abc.abstractmethod
+    def init_producer_id(self, timeout_s: float | None = None) -> tuple[int, int]:
+        """A new idempotent-producer id from the controller: ``(producer_id, producer_epoch)``."""
+
     # -- partition replicas (asynchronous) --------------------------------------------------------------------
     @abc.abstractmethod
     def produce(self, tp: TopicPartition, broker_id: int, batch: pa.RecordBatch, acks: int, timeout_ms: int,
-                leader_epoch: int | None = None) -> Future[ProduceResult]: ...
+                leader_epoch: int | None = None, producer_id: int = -1, producer_epoch: int = -1,
+                base_sequence: int = -1) -> Future[ProduceResult]:
+        """Produce ``batch`` to the leader; an idempotent producer passes its id, epoch and the batch's first
+        sequence number (a retry of a batch already written answers with the original offsets)."""
 
     @abc.abstractmethod
     def fetch(self, tp: TopicPartition, broker_id: int, offset: int, max_bytes: int, max_wait_ms: int,

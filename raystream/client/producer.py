@@ -6,6 +6,13 @@ sender thread ships batches (see :mod:`raystream.client.sender`). Partitioning i
 ``partition``; else ``murmur2(key) % partitions`` (identical to Kafka's Java client); else the topic's
 sticky partition, kept until its batch is sent.
 
+Idempotence is on by default, as in Kafka >= 3.0 (``enable_idempotence=None`` means "Kafka's default"): the
+producer takes a producer id from the controller and numbers each partition's records, so a retried batch
+is written at most once and records stay in order across retries with up to 5 requests in flight. Left at
+its default it is silently off when the other settings cannot support it (``acks`` other than ``"all"``,
+``retries=0``, or ``max_in_flight_requests_per_connection > 5``); ``enable_idempotence=True`` with such a
+setting raises ValueError. :attr:`Producer.enable_idempotence` tells which it is.
+
 Thread-safe: any number of threads may send, flush and close concurrently.
 """
 
@@ -37,6 +44,8 @@ log = logging.getLogger(__name__)
 
 _ACKS = {0: 0, 1: 1, -1: -1, "all": -1, "0": 0, "1": 1, "-1": -1}
 _TRANSACTIONS = "transactions arrive in a later release"
+#: Kafka's limit for idempotence: the leader remembers the last 5 batches of each producer.
+MAX_IN_FLIGHT_IDEMPOTENT = 5
 _instances = 0
 
 
@@ -52,9 +61,30 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+def _idempotence(enable_idempotence: bool | None, acks: int, retries: int, max_in_flight: int) -> bool:
+    """Kafka's rules: on by default unless another setting rules it out; explicitly on, a conflict raises."""
+    if enable_idempotence is not None and not isinstance(enable_idempotence, bool):
+        raise TypeError(f"enable_idempotence must be a bool or None, got {type(enable_idempotence).__name__}")
+    conflicts = []
+    if acks != -1:
+        conflicts.append(f"acks={acks} (idempotence needs acks='all')")
+    if retries == 0:
+        conflicts.append("retries=0 (idempotence needs retries > 0)")
+    if max_in_flight > MAX_IN_FLIGHT_IDEMPOTENT:
+        conflicts.append(f"max_in_flight_requests_per_connection={max_in_flight} (idempotence allows at most "
+                         f"{MAX_IN_FLIGHT_IDEMPOTENT})")
+    if enable_idempotence is None:
+        return not conflicts
+    if enable_idempotence and conflicts:
+        raise ValueError("enable_idempotence=True conflicts with " + "; ".join(conflicts))
+    return enable_idempotence
+
+
 class Producer:
     """A Kafka-style producer. Configuration uses Kafka's names with underscores (``linger_ms``) and
-    Kafka's defaults, except ``batch_size`` (1 MiB: Arrow batches pay off when large)."""
+    Kafka's defaults, except ``batch_size`` (1 MiB: Arrow batches pay off when large). ``enable_idempotence``
+    defaults to Kafka's behaviour (on unless acks/retries/in-flight settings rule it out; see the module
+    docstring)."""
 
     def __init__(self, *, acks: int | str = "all", linger_ms: int = 5, batch_size: int = 1_048_576,
                  buffer_memory: int = 32 * 1024 * 1024, max_block_ms: int = 60_000,
@@ -62,7 +92,7 @@ class Producer:
                  request_timeout_ms: int = 30_000, retries: int = 2_147_483_647, retry_backoff_ms: int = 100,
                  max_in_flight_requests_per_connection: int = 5, metadata_max_age_ms: int = 300_000,
                  key_serializer: Callable[[Any], Any] | None = None,
-                 value_serializer: Callable[[Any], Any] | None = None, enable_idempotence: bool = True,
+                 value_serializer: Callable[[Any], Any] | None = None, enable_idempotence: bool | None = None,
                  transactional_id: str | None = None, client_id: str | None = None, cluster: Any = None,
                  transport: BaseTransport | None = None) -> None:
         if acks not in _ACKS or isinstance(acks, bool):
@@ -84,6 +114,7 @@ class Producer:
                 raise TypeError(f"{name} must be callable")
         if transactional_id is not None and not isinstance(transactional_id, str):
             raise TypeError("transactional_id must be a str or None")
+        idempotent = _idempotence(enable_idempotence, _ACKS[acks], retries, max_in_flight_requests_per_connection)
         self._transport = context.resolve(cluster, transport)
         global _instances
         _instances += 1
@@ -91,7 +122,6 @@ class Producer:
         self.acks = _ACKS[acks]
         self.max_request_size = max_request_size
         self.max_block_ms = max_block_ms
-        self.enable_idempotence = bool(enable_idempotence)  # accepted; idempotence arrives in a later release
         self.transactional_id = transactional_id
         self._key_serializer = key_serializer
         self._value_serializer = value_serializer
@@ -106,7 +136,7 @@ class Producer:
         self._sender = Sender(self._acc, self._metadata, self._transport, acks=self.acks, retries=retries,
                               retry_backoff_ms=retry_backoff_ms, request_timeout_ms=request_timeout_ms,
                               delivery_timeout_ms=delivery_timeout_ms, name=f"raystream-{self.client_id}-sender",
-                              max_in_flight=max_in_flight_requests_per_connection)
+                              max_in_flight=max_in_flight_requests_per_connection, idempotent=idempotent)
         self._close_lock = threading.Lock()
         self._closed = False
         self._sender.start()
@@ -282,6 +312,12 @@ class Producer:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def enable_idempotence(self) -> bool:
+        """Whether this producer is idempotent (read-only: fixed by the configuration, see the module
+        docstring)."""
+        return self._sender.idempotent
 
     def __enter__(self) -> Producer:
         return self

@@ -116,6 +116,10 @@ class RayTransport(BaseTransport):
     def create_partitions(self, name: str, total: int, timeout_s: float | None = None) -> Any:
         return self._call("create_partitions", name, total, timeout_s=timeout_s)
 
+    def init_producer_id(self, timeout_s: float | None = None) -> tuple[int, int]:
+        producer_id, producer_epoch = self._call("init_producer_id", timeout_s=timeout_s)
+        return int(producer_id), int(producer_epoch)
+
     # -- replicas --------------------------------------------------------------------------------------------
     def _replica(self, key: tuple[str, int, int]) -> Any:
         with self._lock:
@@ -160,8 +164,12 @@ class RayTransport(BaseTransport):
         return out
 
     def produce(self, tp: TopicPartition, broker_id: int, batch: pa.RecordBatch, acks: int, timeout_ms: int,
-                leader_epoch: int | None = None) -> Future[ProduceResult]:
-        return self._submit(tp, broker_id, "produce", batch, acks, timeout_ms, leader_epoch)
+                leader_epoch: int | None = None, producer_id: int = -1, producer_epoch: int = -1,
+                base_sequence: int = -1) -> Future[ProduceResult]:
+        if producer_id < 0:  # the plain request, as before idempotence
+            return self._submit(tp, broker_id, "produce", batch, acks, timeout_ms, leader_epoch)
+        return self._submit(tp, broker_id, "produce", batch, acks, timeout_ms, leader_epoch, producer_id,
+                            producer_epoch, base_sequence)
 
     def fetch(self, tp: TopicPartition, broker_id: int, offset: int, max_bytes: int, max_wait_ms: int,
               min_bytes: int, columns: list[str] | None = None,

@@ -13,6 +13,7 @@ Record types::
                                                       leader / ISR / replica set change (pe: partition epoch)
     config      {name, config}                        topic config replaced
     delete      {name}                                topic deleted
+    producer_ids {next}                               producer ids below ``next`` are handed out (or reserved)
 
 Pure and deterministic; not thread-safe (the controller actor serialises access).
 """
@@ -42,6 +43,8 @@ class ClusterMetadata:
     def __init__(self) -> None:
         self.brokers: dict[int, BrokerInfo] = {}
         self.topics: dict[str, TopicState] = {}
+        #: Every idempotent-producer id below this was handed out or reserved: never hand it out again.
+        self.next_producer_id = 0
 
     @property
     def next_broker_id(self) -> int:
@@ -68,6 +71,8 @@ class ClusterMetadata:
             self.topics[record["name"]].config = dict(record["config"])
         elif kind == "delete":
             self.topics.pop(record["name"], None)
+        elif kind == "producer_ids":
+            self.next_producer_id = max(self.next_producer_id, int(record["next"]))
         else:
             raise AssertionError(f"unknown metadata record type {kind!r}")
 

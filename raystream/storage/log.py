@@ -9,6 +9,9 @@ Directory layout::
     checkpoint                    recovery point, log start offset, high watermark (atomic msgpack)
     leader-epoch-checkpoint       the leader-epoch cache
     <base>.arrows / .index / .timeindex   segments
+    <offset>.snapshot             idempotent-producer state as of <offset> (written by the owning replica
+                                  through raystream.storage.producer_snapshot; the log only deletes them
+                                  with the directory)
 
 Offsets are record numbers; ranges are half-open. ``log_end_offset`` is the next offset to assign;
 ``recovery_point`` is the offset below which everything is fsynced.
@@ -29,7 +32,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -79,6 +82,7 @@ class AppendInfo:
     max_timestamp: int
     log_append_time: int
     record_count: int
+    header: BatchHeader  # the stored batch's header, exactly as recovery and followers will see it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,6 +120,11 @@ class Log:
         self._lock = threading.RLock()
         self._closed = False
         self.truncation_generation = 0
+        #: Called as ``on_roll(base_offset)`` each time an append (or :meth:`roll`) starts a new segment, with
+        #: the lock held, after the segment exists and before the batch that caused the roll is written —
+        #: the moment Kafka snapshots the producer state. Should be quick; an exception is logged, and the
+        #: append goes on.
+        self.on_roll: Callable[[int], None] | None = None
         self._lock_fd: int | None = None
         self.segments: list[LogSegment] = []
         self._bases: list[int] = []
@@ -295,7 +304,7 @@ class Log:
             self._append_stored(StoredBatch(header, stored), now)
             log_append_time = now if header.attributes & ATTR_LOG_APPEND_TIME else -1
             return AppendInfo(header.base_offset, header.last_offset, header.max_timestamp, log_append_time,
-                              header.record_count)
+                              header.record_count, header)
 
     def _stamp(self, batch: pa.RecordBatch, user_schema: pa.Schema, now: int, leader_epoch: int,
                producer_id: int, producer_epoch: int, base_sequence: int, attributes: int,
@@ -380,6 +389,11 @@ class Log:
         fsync_dir(self.directory)
         self._write_checkpoint()
         log.debug("[%s] rolled segment at offset %d (%s)", self.directory.name, base_offset, reason)
+        if self.on_roll is not None:
+            try:
+                self.on_roll(base_offset)
+            except Exception:  # a listener's failure (e.g. a snapshot write) must not fail the append
+                log.exception("[%s] on_roll listener failed at offset %d", self.directory.name, base_offset)
         return new
 
     def roll(self) -> None:
@@ -529,6 +543,30 @@ class Log:
     def _iter_batches(self, start_offset: int, verify: bool = False) -> Iterator[tuple[int, StoredBatch]]:
         for segment in self.segments[self._segment_index_for(start_offset):]:
             yield from segment.batches(start_offset, verify=verify)
+
+    def iter_headers(self, start_offset: int = 0) -> Iterator[BatchHeader]:
+        """The header of every batch whose last offset is >= ``start_offset``, in log order, without
+        decoding any data (how the idempotent-producer state is rebuilt from the log).
+
+        Lazy, but never holds the lock between items: each step takes the lock, finds the segment holding
+        the next offset *by offset* (so a compaction swap in between is seen as the new segment, not a
+        closed one), collects that segment's headers and releases the lock. Segments deleted or truncated
+        meanwhile are simply not seen. Raises ClosedError if the log closes during the iteration.
+        """
+        _check_offset_arg(start_offset)
+        position = start_offset
+        while True:
+            with self._lock:
+                self._check_open()
+                index = self._segment_index_for(position)
+                while index < len(self.segments) and self.segments[index].next_offset <= position:
+                    index += 1
+                if index >= len(self.segments):
+                    return
+                segment = self.segments[index]
+                headers = [h for _, h in segment.headers() if h.last_offset >= position]
+                position = max(position, segment.next_offset)
+            yield from headers
 
     def offset_for_timestamp(self, timestamp: int) -> int | None:
         """The earliest offset whose timestamp is >= ``timestamp`` (Kafka's ListOffsets), None if none."""

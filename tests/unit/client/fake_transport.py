@@ -5,6 +5,10 @@ a log start offset and a high watermark (= log end offset unless ``hold_high_wat
 broker ids; a request to a non-leader fails with NotLeaderError as a real replica would. Tests inject
 faults (``inject``), move leaders (``move_leader``), make produce responses wait (``hold_produce``) and
 inspect every call (``calls``).
+
+Idempotent produce requests are checked by the real ``ProducerStateManager`` (one per partition), exactly
+as a replica checks them. ``inject("produce", ...)`` fails a request before anything is written;
+``inject("produce_after_append", ...)`` writes it and then fails the response (a lost reply).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import pyarrow.compute as pc
 
 from raystream import errors
 from raystream.client.base import BaseTransport
+from raystream.core.producer_state import ProducerStateManager, increment_sequence
 from raystream.protocol import (
     EARLIEST,
     LATEST,
@@ -33,6 +38,7 @@ from raystream.protocol import (
     TopicMetadata,
     TopicPartition,
 )
+from raystream.storage.batch import BatchHeader
 from raystream.storage.records import RECORD_SCHEMA
 
 
@@ -43,6 +49,7 @@ class FakeLog:
     log_start_offset: int = 0
     log_end_offset: int = 0
     high_watermark: int = 0
+    producers: ProducerStateManager = dataclasses.field(default_factory=lambda: ProducerStateManager("fake"))
 
 
 @dataclasses.dataclass
@@ -51,6 +58,7 @@ class Fault:
     exc: BaseException
     times: int
     tp: TopicPartition | None = None
+    skip: int = 0  # let this many matching calls through first
 
 
 class FakeTransport(BaseTransport):
@@ -67,6 +75,8 @@ class FakeTransport(BaseTransport):
         self.holding = False
         self.holding_list_offset = False
         self.hold_hw = False
+        self.holding_failures = False
+        self.next_producer_id = 1000
         self._waiters: dict[TopicPartition, list[tuple[Future, tuple]]] = {}
 
     # -- helpers for tests -----------------------------------------------------------------------------------
@@ -95,12 +105,15 @@ class FakeTransport(BaseTransport):
     def leader_of(self, tp: TopicPartition) -> int:
         return self.topics[tp.topic].partitions[tp.partition].leader
 
-    def inject(self, method: str, exc: BaseException, times: int = 1, tp: TopicPartition | None = None) -> None:
+    def inject(self, method: str, exc: BaseException, times: int = 1, tp: TopicPartition | None = None,
+               skip: int = 0) -> None:
         with self.lock:
-            self.faults.append(Fault(method, exc, times, tp))
+            self.faults.append(Fault(method, exc, times, tp, skip))
 
-    def hold_produce(self) -> None:
-        """Apply produce requests but keep their responses until ``release``."""
+    def hold_produce(self, failures: bool = False) -> None:
+        """Apply produce requests but keep their responses until ``release`` (``failures``: failed ones too,
+        so that responses are released strictly in request order)."""
+        self.holding_failures = failures
         self.holding = True
 
     def release(self) -> None:
@@ -108,7 +121,10 @@ class FakeTransport(BaseTransport):
             self.holding = self.holding_list_offset = False
             held, self.held = self.held, []
         for future, result in held:
-            future.set_result(result)
+            if isinstance(result, BaseException):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
 
     def truncate_front(self, tp: TopicPartition, offset: int) -> None:
         with self.lock:
@@ -141,6 +157,9 @@ class FakeTransport(BaseTransport):
         with self.lock:
             for fault in self.faults:
                 if fault.method == method and fault.times > 0 and (fault.tp is None or fault.tp == tp):
+                    if fault.skip > 0:
+                        fault.skip -= 1
+                        continue
                     fault.times -= 1
                     raise fault.exc
 
@@ -238,27 +257,49 @@ class FakeTransport(BaseTransport):
             self.topics[name] = dataclasses.replace(meta, partitions=meta.partitions + new)
             return self.topics[name]
 
+    def init_producer_id(self, timeout_s: float | None = None) -> tuple[int, int]:
+        with self.lock:
+            self.calls.append(("init_producer_id",))
+            self._fault("init_producer_id")
+            self.next_producer_id += 1
+            return self.next_producer_id - 1, 0
+
     # -- replicas --------------------------------------------------------------------------------------------
     def produce(self, tp: TopicPartition, broker_id: int, batch: pa.RecordBatch, acks: int, timeout_ms: int,
-                leader_epoch: int | None = None) -> Future:
+                leader_epoch: int | None = None, producer_id: int = -1, producer_epoch: int = -1,
+                base_sequence: int = -1) -> Future:
         with self.lock:
-            self.calls.append(("produce", tp, broker_id, batch.num_rows, acks, batch))
+            self.calls.append(("produce", tp, broker_id, batch.num_rows, acks, batch, producer_id, producer_epoch,
+                               base_sequence))
             try:
                 self._fault("produce", tp)
                 log = self._check_leader(tp, broker_id, leader_epoch)
                 limit = self.max_message_bytes.get(tp.topic, 1 << 40)
                 if batch.nbytes > limit:
                     raise errors.RecordTooLargeError(f"batch of {batch.nbytes} bytes > {limit}")
-                result = self._append(tp, log, batch)
+                duplicate = None
+                if producer_id >= 0:
+                    duplicate = log.producers.check_and_prepare(
+                        producer_id, producer_epoch, base_sequence,
+                        increment_sequence(base_sequence, batch.num_rows - 1), 0)
+                if duplicate is not None:
+                    result = ProduceResult(duplicate.base_offset, -1, log.log_start_offset,
+                                           duplicate.last_offset - duplicate.base_offset + 1, duplicate.timestamp)
+                else:
+                    result = self._append(tp, log, batch, producer_id, producer_epoch, base_sequence)
+                self._fault("produce_after_append", tp)
             except Exception as exc:
-                return self._done(exc=exc)
+                if not (self.holding and self.holding_failures):
+                    return self._done(exc=exc)
+                result = exc
             if self.holding:
                 future: Future = Future()
                 self.held.append((future, result))
                 return future
             return self._done(result)
 
-    def _append(self, tp: TopicPartition, log: FakeLog, batch: pa.RecordBatch) -> ProduceResult:
+    def _append(self, tp: TopicPartition, log: FakeLog, batch: pa.RecordBatch, producer_id: int = -1,
+                producer_epoch: int = -1, base_sequence: int = -1) -> ProduceResult:
         names = [n for n in batch.schema.names if n != "_timestamp"]
         if names != log.schema.names:
             raise errors.SchemaMismatchError(f"{names} != {log.schema.names}")
@@ -274,10 +315,13 @@ class FakeTransport(BaseTransport):
                                             schema=_stored_schema(log.schema))
         log.batches.append(stored)
         log.log_end_offset += n
+        max_ts = int(pc.max(ts).as_py())
+        log.producers.update(BatchHeader(base, n - 1, n, max_ts, max_ts, 0, producer_id, producer_epoch,
+                                         base_sequence), 0)
         if not self.hold_hw:
             log.high_watermark = log.log_end_offset
             self._wake(tp)
-        return ProduceResult(base, -1, log.log_start_offset, n, int(pc.max(ts).as_py()))
+        return ProduceResult(base, -1, log.log_start_offset, n, max_ts)
 
     def _read(self, log: FakeLog, offset: int, max_bytes: int, columns: list[str] | None) -> tuple[list, int]:
         out, total, next_offset = [], 0, offset

@@ -41,7 +41,8 @@ def test_at_most_max_in_flight_requests_per_partition_in_send_order(fake, make_p
 
 def test_retriable_error_stops_pipelining_and_retries_after_in_flight_requests(fake, make_producer):
     fake.add_topic("t", partitions=1)
-    producer = make_producer(linger_ms=0, batch_size=1, retry_backoff_ms=10)
+    # without idempotence (test_idempotence.py has the idempotent counterpart, which keeps the order)
+    producer = make_producer(linger_ms=0, batch_size=1, retry_backoff_ms=10, enable_idempotence=False)
     fake.hold_produce()
     fake.inject("produce", errors.NotLeaderError("moved"), times=1)  # the first request fails
     futures = _send_together(producer, [b"a", b"b", b"c"])
