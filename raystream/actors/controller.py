@@ -117,20 +117,40 @@ class Controller(FailoverMixin):
         return self._lock
 
     # -- start-up -----------------------------------------------------------------------------------------------
-    async def start(self) -> dict[int, BrokerInfo]:
-        """Register the brokers of all live nodes and (re)assert every replica's role. Idempotent."""
-        async with self._lock_():
-            await self._register_brokers()
+    async def start(self, register: bool = True) -> dict[int, BrokerInfo]:
+        """Register the brokers of all live nodes and (re)assert every replica's role. Idempotent.
+        ``register=False`` (a controller Ray restarted): keep the recorded brokers; the failure monitor's
+        node loop registers new nodes, so a dying node cannot delay the restart."""
+        async with self._registration_lock_(), self._lock_():
+            if register or not self.metadata.brokers:
+                await self._register_brokers()
             # First start (or restart): every replica gets its role again. Later calls only replace
             # replicas whose actors are gone (stopped for good, or their process could not be restarted).
             only_missing = self._started
             self._started = True
-            await asyncio.gather(*(self._ensure_replicas(t, only_missing=only_missing)
-                                   for t in list(self.metadata.topics.values())))
-            return dict(self.metadata.brokers)
+            calls = [c for t in list(self.metadata.topics.values())
+                     for c in self._replica_role_calls(t, only_missing=only_missing)]
+            brokers = dict(self.metadata.brokers)
+        # Outside the lock: a replica on a node that died silently must not hold up elections; one that
+        # missed its role gets it from the failure monitor's reconciliation.
+        timeout_s = 2 * self.broker_config.replica_session_timeout_ms / 1000
+        results = await asyncio.gather(*(asyncio.wait_for(c, timeout_s) for c in calls), return_exceptions=True)
+        failed = [r for r in results if isinstance(r, BaseException)]
+        if failed:
+            log.info("%d replica(s) did not take their role at start (%s); the monitor retries",
+                     len(failed), type(failed[0]).__name__)
+        return brokers
 
     async def _register_brokers(self, timeout_s: float = 60.0) -> None:
-        nodes = [n for n in ray.nodes() if n["Alive"]]
+        """Probe every live node for its broker id and record the result. Call with the metadata lock held
+        (the failure monitor uses :meth:`_probe_nodes` unlocked, then :meth:`_apply_registration`)."""
+        await self._apply_registration(*await self._probe_nodes(timeout_s))
+
+    async def _probe_nodes(self, timeout_s: float) -> tuple[list[dict], list[Any]]:
+        """Ask each live node for its broker id (creating it on a new node). Needs no metadata lock; the
+        caller must not run two probes at once (ids are proposed from the recorded maximum), hence
+        ``self._registration`` around probe and apply in the monitor."""
+        nodes = [n for n in await asyncio.to_thread(ray.nodes) if n["Alive"]]
         proposed = self.metadata.next_broker_id
         calls = []
         for i, node in enumerate(nodes):
@@ -138,9 +158,11 @@ class Controller(FailoverMixin):
             calls.append(register_broker.options(scheduling_strategy=strategy).remote(
                 self.cluster, self.data_dir, proposed + i))
         # Bounded: a node Ray still lists as alive may be gone (Ray takes ~15 s to notice); the failure
-        # monitor passes a short timeout so that such a node does not hold the metadata lock, and with it
-        # every election, for that long (it counts as dead this round and is asked again next round).
+        # monitor passes a short timeout (such a node counts as unregistered this round, asked again later).
         results = await asyncio.gather(*(asyncio.wait_for(c, timeout_s) for c in calls), return_exceptions=True)
+        return nodes, list(results)
+
+    async def _apply_registration(self, nodes: list[dict], results: list[Any]) -> None:
         alive_ids = set()
         for node, result in zip(nodes, results, strict=True):
             if isinstance(result, BaseException):
@@ -184,18 +206,26 @@ class Controller(FailoverMixin):
                                only_missing: bool = False) -> None:
         """Create (or find) the replica actors of ``partitions`` concurrently and send them their roles
         (``only_missing``: only to replicas whose actor had to be created)."""
+        await asyncio.gather(*self._replica_role_calls(topic, partitions, only_missing))
+
+    def _replica_role_calls(self, topic: TopicState, partitions: list[int] | None = None,
+                            only_missing: bool = False) -> list:
+        """Create (or find) the replica actors and return the (not yet awaited) calls that send their roles.
+        A role sent late is harmless: a replica refuses a role older than the one it holds."""
         parts = [topic.partitions[p] for p in (partitions if partitions is not None else sorted(topic.partitions))]
         calls = []
         for state in parts:
             for broker in state.replicas:
                 if not self.metadata.brokers.get(broker, BrokerInfo(broker, "", "", False)).alive:
                     continue
-                if only_missing and self._replica_exists(topic.name, state.partition, broker):
+                exists = self._replica_exists(topic.name, state.partition, broker)
+                if only_missing and exists:
                     continue
                 handle = self._replica_handle(topic.name, state.partition, broker)
-                self._replica_created((topic.name, state.partition, broker))
+                if not exists:
+                    self._replica_created((topic.name, state.partition, broker))
                 calls.append(self._send_role(handle, state, broker))
-        await asyncio.gather(*calls)
+        return calls
 
     def _replica_exists(self, topic: str, partition: int, broker: int) -> bool:
         try:
@@ -220,7 +250,7 @@ class Controller(FailoverMixin):
         if not isinstance(partitions, int) or isinstance(partitions, bool) or partitions < 1:
             raise InvalidPartitionsError(f"partitions must be an int >= 1, got {partitions!r}")
         topic_config = TopicConfig.from_dict(config).to_dict()
-        async with self._lock_():
+        async with self._registration_lock_(), self._lock_():
             if name in self.metadata.topics:
                 raise TopicAlreadyExistsError(f"topic {name!r} already exists")
             await self._register_brokers()

@@ -30,6 +30,7 @@ are taken under it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from typing import Any
@@ -56,11 +57,23 @@ class FailoverMixin:
         self._dead_replicas: set[tuple[str, int, int]] = set()
         self._broker_dead_since: dict[int, float] = {}
         self._handles: dict[tuple[str, int, int], Any] = {}
+        self._reports: dict[tuple[str, int, int], tuple[Any, ...]] = {}  # last heartbeat answer per replica
+        self._pending_heartbeats: dict[tuple[str, int, int], asyncio.Task] = {}
+        self._forgotten_brokers: set[int] = set()  # dead brokers whose replica actors were killed
+        self._offline_since: dict[tuple[str, int, int], float] = {}  # recorded leaders reporting no role
+        self._alive_nodes: set[str] | None = None  # Ray's live node ids, as the node loop last saw them
+        self._registration: asyncio.Lock | None = None
         self._monitor: asyncio.Task | None = None
         try:
             self._monitor = asyncio.get_running_loop().create_task(self._monitor_loop())
         except RuntimeError:  # not on an event loop (a unit test constructing the class): no monitor
             self._monitor = None
+
+    def _registration_lock_(self) -> asyncio.Lock:
+        """Serialises broker registration (probe + record); taken before the metadata lock, never after."""
+        if self._registration is None:
+            self._registration = asyncio.Lock()
+        return self._registration
 
     # -- liveness -----------------------------------------------------------------------------------------------
     def _live_replicas(self, state: PartitionState, now: float) -> set[int]:
@@ -95,68 +108,101 @@ class FailoverMixin:
             return None
 
     async def _monitor_loop(self) -> None:
+        """Three independent loops, so that none delays another: heartbeats go out every interval whatever
+        else is slow, node bookkeeping (which may wait on a dying node) never holds up an election."""
         interval_s = self.broker_config.replica_heartbeat_interval_ms / 1000
+        await asyncio.gather(self._every(interval_s, self._send_heartbeats),
+                             self._every(interval_s, self._check_nodes),
+                             self._every(interval_s, self._check_once, needs_start=True))
+
+    async def _every(self, interval_s: float, step, needs_start: bool = False) -> None:
         while True:
             await asyncio.sleep(interval_s)
             try:
-                if not self._started:
-                    await self.start()  # after Ray restarted this controller: reassert every role
-                await self._check_once(interval_s)
+                if needs_start and not self._started:  # after Ray restarted this controller
+                    await self.start(register=False)
+                await step()
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception("controller failure check failed; retrying")
+                log.exception("controller failure check %s failed; retrying", step.__name__)
 
-    async def _check_once(self, timeout_s: float) -> None:
-        await self._check_nodes()
-        keys = [(t.name, s.partition, b) for t in list(self.metadata.topics.values())
-                for s in t.partitions.values() for b in s.replicas
-                if self.metadata.brokers.get(b) is not None and self.metadata.brokers[b].alive]
-        answers = await asyncio.gather(*(self._heartbeat(k, timeout_s) for k in keys))
-        now = time.monotonic()
-        reports: dict[tuple[str, int, int], tuple[Any, ...]] = {}
-        for key, answer in zip(keys, answers, strict=True):
+    async def _send_heartbeats(self) -> None:
+        """One heartbeat per replica on a live broker, unless its previous one is still outstanding."""
+        timeout_s = self.broker_config.replica_session_timeout_ms / 1000
+        loop = asyncio.get_running_loop()
+        for t in list(self.metadata.topics.values()):
+            for s in list(t.partitions.values()):
+                for b in s.replicas:
+                    key = (t.name, s.partition, b)
+                    info = self.metadata.brokers.get(b)
+                    if info is not None and info.alive and key not in self._pending_heartbeats:
+                        self._pending_heartbeats[key] = loop.create_task(self._heartbeat_into(key, timeout_s))
+
+    async def _heartbeat_into(self, key: tuple[str, int, int], timeout_s: float) -> None:
+        """One heartbeat, its answer recorded when it comes."""
+        try:
+            answer = await self._heartbeat(key, timeout_s)
             if answer == _DEAD:
                 self._dead_replicas.add(key)
             elif answer is not None:
-                self._last_heard[key] = now
+                self._last_heard[key] = time.monotonic()
                 self._dead_replicas.discard(key)
-                reports[key] = answer
+                self._reports[key] = answer
+        finally:
+            self._pending_heartbeats.pop(key, None)
+
+    async def _check_once(self) -> None:
+        """Decide on what the heartbeats say so far: elections, ISR fencing, re-replication."""
         async with self._lock_():
-            await self._decide(now, reports)
+            now = time.monotonic()
+            for broker, info in self.metadata.brokers.items():  # Ray says the node is gone: so is the broker
+                if info.alive and self._alive_nodes is not None and info.node_id not in self._alive_nodes:
+                    self.metadata.brokers[broker] = dataclasses.replace(info, alive=False)
+                    self._broker_dead_since.setdefault(broker, now)
+                    log.warning("broker %d (node %s) is dead", broker, info.node_id)
+            for broker, info in self.metadata.brokers.items():
+                if not info.alive:
+                    self._broker_dead_since.setdefault(broker, now)
+            await self._decide(now, dict(self._reports))
             await self._reassign_dead_brokers(now)
 
     async def _check_nodes(self) -> None:
-        """Follow Ray's node table: brokers whose node died are dead (their replica actors are killed so the
-        names are free when the broker returns); a new or returning node registers its broker."""
+        """Follow Ray's node table: a dead broker's replica actors are killed (so the names are free when
+        the broker returns); a new or returning node registers its broker and gets its replicas back.
+        Probing the nodes happens outside the metadata lock (a dying node can keep it waiting)."""
         nodes = await asyncio.to_thread(ray.nodes)
         alive_nodes = {n["NodeID"] for n in nodes if n["Alive"]}
+        self._alive_nodes = alive_nodes
         known_nodes = {info.node_id for info in self.metadata.brokers.values() if info.alive}
-        if alive_nodes == known_nodes:
-            return
-        async with self._lock_():
-            before = {b for b, info in self.metadata.brokers.items() if info.alive}
-            nodes_before = {b: info.node_id for b, info in self.metadata.brokers.items()}
-            await self._register_brokers(timeout_s=2 * self.broker_config.replica_session_timeout_ms / 1000)
-            after = {b for b, info in self.metadata.brokers.items() if info.alive}
-            now = time.monotonic()
-            # A broker whose data dir came back on another Ray node (a machine restarted before Ray declared
-            # the old node dead): its old replica actors are pinned to the old node; free their names.
-            moved = {b for b in after & before if self.metadata.brokers[b].node_id != nodes_before.get(b)}
-            for broker in moved:
-                log.warning("broker %d moved to node %s", broker, self.metadata.brokers[broker].node_id)
-                await self._forget_broker_replicas(broker)
-            before -= moved
-            for broker in before - after:
-                log.warning("broker %d (node %s) is dead", broker, self.metadata.brokers[broker].node_id)
-                self._broker_dead_since.setdefault(broker, now)
-                await self._forget_broker_replicas(broker)
-            for broker in after - before:
-                log.info("broker %d is alive again", broker)
-                self._broker_dead_since.pop(broker, None)
-            if after - before:
-                await asyncio.gather(*(self._ensure_replicas(t, only_missing=True)
-                                       for t in list(self.metadata.topics.values())))
+        dead_with_actors = {b for b, info in self.metadata.brokers.items()
+                            if not info.alive and b not in self._forgotten_brokers}
+        for broker in dead_with_actors:
+            self._forgotten_brokers.add(broker)
+            await self._forget_broker_replicas(broker)
+        if alive_nodes <= known_nodes:
+            return  # nothing new (dead nodes are handled by _check_once)
+        async with self._registration_lock_():
+            probed = await self._probe_nodes(2 * self.broker_config.replica_session_timeout_ms / 1000)
+            async with self._lock_():
+                before = {b for b, info in self.metadata.brokers.items() if info.alive}
+                nodes_before = {b: info.node_id for b, info in self.metadata.brokers.items()}
+                await self._apply_registration(*probed)
+                after = {b for b, info in self.metadata.brokers.items() if info.alive}
+                # A broker whose data dir came back on another Ray node (a machine restarted before Ray
+                # declared the old node dead): its old replica actors are pinned to the old node.
+                moved = {b for b in after & before if self.metadata.brokers[b].node_id != nodes_before.get(b)}
+                for broker in moved:
+                    log.warning("broker %d moved to node %s", broker, self.metadata.brokers[broker].node_id)
+                    await self._forget_broker_replicas(broker)
+                before -= moved
+                for broker in after - before:
+                    log.info("broker %d is alive (again)", broker)
+                    self._broker_dead_since.pop(broker, None)
+                    self._forgotten_brokers.discard(broker)
+                if after - before:
+                    await asyncio.gather(*(self._ensure_replicas(t, only_missing=True)
+                                           for t in list(self.metadata.topics.values())))
 
     def _replica_created(self, key: tuple[str, int, int]) -> None:
         """A replica actor was (re)created: it starts with a full session of grace."""
@@ -186,7 +232,7 @@ class FailoverMixin:
 
     # -- decisions (under the metadata lock) -----------------------------------------------------------------
     async def _decide(self, now: float, reports: dict[tuple[str, int, int], tuple[Any, ...]]) -> None:
-        notify: list[PartitionState] = []
+        notify: list[tuple[PartitionState, set[int]]] = []
         resend: list[tuple[PartitionState, int]] = []
         for topic in list(self.metadata.topics.values()):
             unclean = TopicConfig.from_dict(topic.config).unclean_leader_election_enable
@@ -195,21 +241,44 @@ class FailoverMixin:
                 live = self._live_replicas(state, now)
                 election = elect_leader(state, live, unclean)
                 if election is not None:
-                    notify.append(self._apply_election(state, election))
+                    notify.append((self._apply_election(state, election), live))
                     continue
                 isr = fence_dead_followers(state, live)
                 if isr is not None:
                     log.warning("%s-%d: followers %s failed; ISR %s -> %s", state.topic, p,
                                 sorted(set(state.isr) - set(isr)), list(state.isr), list(isr))
                     self._record(ClusterMetadata.partition_record(state, state.leader, state.leader_epoch, isr))
-                    notify.append(topic.partitions[p])
+                    notify.append((topic.partitions[p], live))
                     continue
-                for broker in live:  # a replica that missed its role (e.g. the controller crashed meanwhile)
-                    report = reports.get((state.topic, p, broker))
-                    if report is not None and report[0] != Role.OFFLINE.value and report[1] < state.leader_epoch:
-                        resend.append((state, broker))
-        await asyncio.gather(*(self._notify_partition(s) for s in notify),
+                restarted_leader = self._reconcile(state, live, reports, now, resend)
+                if restarted_leader is not None:
+                    election = elect_leader(state, live, unclean, "leader holds no role", avoid=restarted_leader)
+                    if election is not None:
+                        notify.append((self._apply_election(state, election), live))
+        await asyncio.gather(*(self._notify_partition(s, live) for s, live in notify),
                              *(self._send_role_safely(s, b) for s, b in resend))
+
+    def _reconcile(self, state: PartitionState, live: set[int], reports: dict[tuple[str, int, int], tuple[Any, ...]],
+                   now: float, resend: list[tuple[PartitionState, int]]) -> int | None:
+        """Replicas that missed their role (a send timed out, the controller crashed between recording and
+        telling) get it again. A recorded leader that has held no role for a session timeout is returned:
+        it must be replaced (a restarted leader normally rejoins at once; this is the backstop)."""
+        timeout_s = self.broker_config.replica_session_timeout_ms / 1000
+        stale_leader = None
+        for broker in live:
+            key = (state.topic, state.partition, broker)
+            report = reports.get(key)
+            if report is None:
+                continue
+            offline = report[0] == Role.OFFLINE.value
+            if offline and broker == state.leader:
+                if now - self._offline_since.setdefault(key, now) > timeout_s:
+                    stale_leader = broker
+                continue
+            self._offline_since.pop(key, None)
+            if offline or report[1] < state.leader_epoch:
+                resend.append((state, broker))
+        return stale_leader
 
     def _apply_election(self, state: PartitionState, election: Election) -> PartitionState:
         log.warning("%s-%d: %s; leader %d -> %d at epoch %d, ISR %s%s", state.topic, state.partition,
@@ -219,9 +288,12 @@ class FailoverMixin:
                                                       election.isr))
         return self.metadata.topics[state.topic].partitions[state.partition]
 
-    async def _notify_partition(self, state: PartitionState) -> None:
+    async def _notify_partition(self, state: PartitionState, live: set[int] | None = None) -> None:
+        """Tell the partition's replicas (only ``live`` ones when given: a failed replica would only make
+        us wait; it learns its role when it rejoins or answers a heartbeat again)."""
         await asyncio.gather(*(self._send_role_safely(state, b) for b in state.replicas
-                               if self.metadata.brokers.get(b) is not None and self.metadata.brokers[b].alive))
+                               if (live is None or b in live) and self.metadata.brokers.get(b) is not None
+                               and self.metadata.brokers[b].alive))
 
     async def _send_role_safely(self, state: PartitionState, broker: int) -> None:
         key = (state.topic, state.partition, broker)

@@ -84,13 +84,16 @@ class Producer:
     """A Kafka-style producer. Configuration uses Kafka's names with underscores (``linger_ms``) and
     Kafka's defaults, except ``batch_size`` (1 MiB: Arrow batches pay off when large). ``enable_idempotence``
     defaults to Kafka's behaviour (on unless acks/retries/in-flight settings rule it out; see the module
-    docstring)."""
+    docstring). ``leader_recheck_ms`` (raystream's own): a request unanswered for that long makes the
+    producer re-check its partition's leader, and retry on the new one if leadership moved (a dead node's
+    actors may stay silent far longer than the controller takes to elect a new leader)."""
 
     def __init__(self, *, acks: int | str = "all", linger_ms: int = 5, batch_size: int = 1_048_576,
                  buffer_memory: int = 32 * 1024 * 1024, max_block_ms: int = 60_000,
                  max_request_size: int = 1_048_576, delivery_timeout_ms: int = 120_000,
                  request_timeout_ms: int = 30_000, retries: int = 2_147_483_647, retry_backoff_ms: int = 100,
                  max_in_flight_requests_per_connection: int = 5, metadata_max_age_ms: int = 300_000,
+                 leader_recheck_ms: int = 1000,
                  key_serializer: Callable[[Any], Any] | None = None,
                  value_serializer: Callable[[Any], Any] | None = None, enable_idempotence: bool | None = None,
                  transactional_id: str | None = None, client_id: str | None = None, cluster: Any = None,
@@ -104,7 +107,8 @@ class Producer:
             _check_int(name, value)
         for name, value in (("batch_size", batch_size), ("buffer_memory", buffer_memory),
                             ("max_request_size", max_request_size),
-                            ("max_in_flight_requests_per_connection", max_in_flight_requests_per_connection)):
+                            ("max_in_flight_requests_per_connection", max_in_flight_requests_per_connection),
+                            ("leader_recheck_ms", leader_recheck_ms)):
             _check_int(name, value, 1)
         if delivery_timeout_ms < linger_ms + request_timeout_ms:
             raise ValueError(f"delivery_timeout_ms ({delivery_timeout_ms}) must be >= linger_ms + "
@@ -136,7 +140,8 @@ class Producer:
         self._sender = Sender(self._acc, self._metadata, self._transport, acks=self.acks, retries=retries,
                               retry_backoff_ms=retry_backoff_ms, request_timeout_ms=request_timeout_ms,
                               delivery_timeout_ms=delivery_timeout_ms, name=f"raystream-{self.client_id}-sender",
-                              max_in_flight=max_in_flight_requests_per_connection, idempotent=idempotent)
+                              max_in_flight=max_in_flight_requests_per_connection, idempotent=idempotent,
+                              leader_recheck_ms=leader_recheck_ms)
         self._close_lock = threading.Lock()
         self._closed = False
         self._sender.start()

@@ -64,7 +64,13 @@ from raystream.client.accumulator import ProducerBatch, RecordAccumulator
 from raystream.client.base import BaseTransport, failed_future
 from raystream.client.metadata import MetadataCache
 from raystream.core.producer_state import MAX_PRODUCER_EPOCH, increment_sequence
-from raystream.errors import ClosedError, OutOfOrderSequenceError, RecordTooLargeError, RequestTimeoutError
+from raystream.errors import (
+    ClosedError,
+    NotLeaderError,
+    OutOfOrderSequenceError,
+    RecordTooLargeError,
+    RequestTimeoutError,
+)
 from raystream.protocol import TopicPartition
 
 log = logging.getLogger(__name__)
@@ -78,6 +84,8 @@ class _InFlight:
     batch: ProducerBatch
     future: Future
     deadline: float
+    leader: tuple[int, int] = (-1, -1)  # (broker, leader epoch) the request went to
+    sent_at: float = 0.0
 
 
 @dataclasses.dataclass(eq=False)
@@ -99,8 +107,11 @@ def _order(batch: ProducerBatch) -> tuple[int, tuple[int, ...]]:
 class Sender:
     def __init__(self, accumulator: RecordAccumulator, metadata: MetadataCache, transport: BaseTransport, *,
                  acks: int, retries: int, retry_backoff_ms: int, request_timeout_ms: int,
-                 delivery_timeout_ms: int, name: str, max_in_flight: int = 1, idempotent: bool = False) -> None:
+                 delivery_timeout_ms: int, name: str, max_in_flight: int = 1, idempotent: bool = False,
+                 leader_recheck_ms: int = 1000) -> None:
         self.acc = accumulator
+        self.leader_recheck_s = leader_recheck_ms / 1000
+        self._rechecked_at: dict[TopicPartition, float] = {}
         self.metadata = metadata
         self.transport = transport
         self.acks = acks
@@ -169,6 +180,7 @@ class Sender:
             return True
         now = time.monotonic()
         self._expire_inflight(now)
+        recheck_at = self._recheck_stalled(now)
         for batch in self.acc.expire(now):
             self._fail(batch, self._expired(batch, self._pid_error if self.producer_id < 0 else None))
         for tp in list(self._resets):
@@ -180,7 +192,7 @@ class Sender:
             self._send(batch, now)
         if self._inflight:
             next_at = min(next_at, min(e.deadline for es in self._inflight.values() for e in es))
-        next_at = min(next_at, metadata_at, pid_at)
+        next_at = min(next_at, metadata_at, pid_at, recheck_at)
         with self.acc.cond:
             if self._completions or self.acc.wakeup or self._force:
                 return False
@@ -285,7 +297,7 @@ class Sender:
                 future = self.transport.produce(tp, broker, data, self.acks, self.request_timeout_ms, epoch)
         except Exception as exc:  # transports should return failed futures; be safe anyway
             future = failed_future(exc)
-        entry = _InFlight(batch, future, now + self.request_timeout_ms / 1000)
+        entry = _InFlight(batch, future, now + self.request_timeout_ms / 1000, leader, now)
         self._inflight.setdefault(tp, []).append(entry)
         if self.acks == 0:  # fire and forget: done once handed to the transport (offsets unknown)
             batch.result.complete(-1, -1, -1)
@@ -326,14 +338,46 @@ class Sender:
             del self._inflight[tp]
         return True
 
+    def _recheck_stalled(self, now: float) -> float:
+        """Leader moves while requests are in flight. A request to a leader whose node died may get no
+        answer for a long time (Ray reports a lost node only after ~15 s), while the controller elects a new
+        leader within ~2 s. So a partition whose oldest request has waited ``leader_recheck_ms`` has its
+        metadata refreshed (at most once per ``leader_recheck_ms``); requests sent to a leader the metadata
+        no longer names are abandoned and retried on the new one (idempotence makes that retry safe: the
+        new leader returns the original offsets if the old one had replicated the batch). Returns when to
+        look again."""
+        next_at = float("inf")
+        for tp, entries in list(self._inflight.items()):
+            current = self.metadata.leader(tp)
+            moved = [e for e in entries if current is not None and e.leader != current]
+            for entry in moved:
+                self._abandon(tp, entry, NotLeaderError(
+                    f"leader of {tp} moved from broker {entry.leader[0]} (epoch {entry.leader[1]}) to broker "
+                    f"{current[0]} (epoch {current[1]}) while a produce was in flight"), now)
+            if moved:
+                self._release_held(tp, now)
+                continue
+            due = min(e.sent_at for e in entries) + self.leader_recheck_s
+            due = max(due, self._rechecked_at.get(tp, 0.0) + self.leader_recheck_s)
+            if due <= now:
+                self._rechecked_at[tp] = now
+                self.metadata.request_update(tp.topic)
+                due = now + self.leader_recheck_s
+            next_at = min(next_at, due)
+        return next_at
+
+    def _abandon(self, tp: TopicPartition, entry: _InFlight, exc: BaseException, now: float) -> None:
+        """Stop waiting for a request (its late answer, if any, is ignored) and treat it as failed."""
+        self._remove_inflight(tp, entry)
+        if self.acks == 0:
+            self.acc.release(entry.batch)
+            return
+        self._on_error(entry.batch, exc, now)
+
     def _expire_inflight(self, now: float) -> None:
         for tp, entries in list(self._inflight.items()):
             for entry in [e for e in entries if e.deadline <= now]:
-                self._remove_inflight(tp, entry)
-                if self.acks == 0:
-                    self.acc.release(entry.batch)
-                    continue
-                self._on_error(entry.batch, RequestTimeoutError(
+                self._abandon(tp, entry, RequestTimeoutError(
                     f"produce of {entry.batch.count} record(s) to {tp} got no response within "
                     f"request_timeout_ms={self.request_timeout_ms}"), now)
             self._release_held(tp, now)

@@ -266,3 +266,26 @@ def test_sequences_wrap_at_int32_max_as_in_kafka(fake, make_producer):
     assert last.result(0).offset == 4
     assert [seq for _, _, seq, _ in produce_calls(fake)] == [0, MAX_SEQUENCE - 1, 1]  # b c d = MAX-1, MAX, 0
     assert fake.values(T0) == [b"a", b"b", b"c", b"d", b"e"]
+
+
+def test_request_stuck_on_a_replaced_leader_is_retried_on_the_new_one(fake, make_producer):
+    """A leader whose node died answers nothing; once the controller names a new leader, the producer
+    (re-checking after leader_recheck_ms) resends there, and idempotence returns the original offset."""
+    from fake_transport import wait_for
+
+    from raystream.protocol import TopicPartition
+
+    tp = TopicPartition("t", 0)
+    fake.add_topic("t", partitions=1)
+    producer = make_producer(acks="all", linger_ms=0, leader_recheck_ms=100)
+    old = fake.leader_of(tp)
+    fake.hold_produce()  # applied, but the answer never comes back (until release)
+    future = producer.send("t", value=b"v")
+    wait_for(lambda: fake.count("produce") == 1, message="the first request")
+    fake.holding = False  # the new leader answers
+    fake.set_leader(tp, (old + 1) % 3)
+    assert future.result(timeout=10).offset == 0
+    assert fake.values(tp) == [b"v"]  # written once: the retry was recognised as a duplicate
+    brokers = [c[2] for c in fake.calls if c[0] == "produce"]
+    assert brokers[0] == old and brokers[-1] == (old + 1) % 3
+    fake.release()
