@@ -8,7 +8,8 @@ Prints ONE JSON object to stdout (progress on stderr):
   ``min.insync.replicas=2`` partition whose replicas all live on worker nodes; the leader's node is killed
   (``remove_node``: a hard kill). Reports, per round: detection (kill → new leader recorded by the
   controller), ``kill_to_first_ack_s`` (kill → first acknowledgement of a record sent after the kill),
-  acks per second before / during (first 5 s) / after, and whether anything acknowledged was lost.
+  acks per second before / during (first 5 s) / after, the longest pause without an ack, and whether
+  anything acknowledged was lost (records sent during the pause wait in the producer and are acked after).
 * ``re_replication``: ``--rerep-mb`` MB (default 1024) written to an RF=3 partition, one follower's node
   killed and kept down; with ``replica.reassignment.delay.ms`` = ``--rerep-delay-ms`` the controller
   rebuilds that replica on the spare node. Reports the seconds from the reassignment to the new replica
@@ -95,6 +96,12 @@ class Paced:
             else:
                 self.failed += 1
 
+    def max_gap(self, a: float, b: float) -> float:
+        """The longest stretch in [a, b) without an acknowledgement (the pause a failover causes)."""
+        with self.lock:
+            times = sorted(t for _, t, _ in self.acks if a <= t < b)
+        return round(max((y - x for x, y in zip([a] + times, times + [b], strict=True)), default=b - a), 3)
+
     def rate_between(self, a: float, b: float) -> float:
         with self.lock:
             return round(sum(1 for _, t, _ in self.acks if a <= t < b) / max(b - a, 1e-9), 1)
@@ -129,7 +136,8 @@ def bench_failover(cluster, controller, nodes_by_dir, head_dir, rounds: int, rat
                       "detect_and_elect_s": round(detected, 3), "kill_to_first_ack_s": round(first - kill, 3),
                       "acks_per_s_before": paced.rate_between(kill - 2, kill),
                       "acks_per_s_first_5s": paced.rate_between(kill, kill + 5),
-                      "acks_per_s_after": paced.rate_between(kill + 5, kill + 6)}
+                      "acks_per_s_after": paced.rate_between(kill + 5, kill + 6),
+                      "longest_ack_pause_s": paced.max_gap(kill - 1, kill + 5)}
             progress(f"failover round {r}: {result}")
             out.append(result)
             nodes_by_dir[info.data_dir] = cluster.add_node(num_cpus=1, env_vars={"RAYSTREAM_DATA_DIR": info.data_dir})
