@@ -173,6 +173,10 @@ class GroupIdNotFoundError(RaystreamError):
     pass
 
 
+class InconsistentGroupProtocolError(RaystreamError):
+    """No assignor is supported by every member (Kafka's INCONSISTENT_GROUP_PROTOCOL)."""
+
+
 # -- handles and storage ---------------------------------------------------------------------------------
 class ClosedError(RaystreamError):
     """The handle (producer, consumer, admin, log) was closed."""
