@@ -12,6 +12,7 @@ __version__ = "0.1.0"
 from raystream import errors  # noqa: E402
 from raystream.protocol import (  # noqa: E402
     BatchMetadata,
+    GroupDescription,
     PartitionInfo,
     Record,
     RecordMetadata,
@@ -35,6 +36,6 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "Admin", "BatchMetadata", "Consumer", "PartitionInfo", "Producer", "Record", "RecordMetadata",
+    "Admin", "BatchMetadata", "Consumer", "GroupDescription", "PartitionInfo", "Producer", "Record", "RecordMetadata",
     "TopicDescription", "TopicPartition", "current", "errors", "init", "shutdown",
 ]

@@ -115,6 +115,9 @@ def _coerce(key: str, value: Any, target: type) -> Any:
     raise AssertionError(f"unhandled config type {target}")
 
 
+_BROKER_ZERO_OK = {"group_initial_rebalance_delay_ms"}
+
+
 @dataclasses.dataclass(frozen=True)
 class BrokerConfig:
     """Cluster-wide (broker) settings, Kafka's names and defaults unless noted."""
@@ -135,6 +138,10 @@ class BrokerConfig:
     replica_session_timeout_ms: int = 1500
     #: Re-replication: a broker dead for this long has its replicas rebuilt on other live brokers.
     replica_reassignment_delay_ms: int = 60000
+    #: Kafka's: how long the first join of an empty group waits for more members.
+    group_initial_rebalance_delay_ms: int = 3000
+    #: Kafka's offsets.retention.minutes (7 days): committed offsets of a group empty that long are deleted.
+    offsets_retention_minutes: int = 10080
     #: Kafka's producer.id.expiration.ms: a replica forgets an idempotent producer whose last batch is this
     #: old (by the batch's max timestamp); its next batch then starts a new sequence (the client bumps its
     #: epoch and retries).
@@ -148,6 +155,7 @@ class BrokerConfig:
             if key not in current:
                 raise InvalidConfigurationError(f"unknown broker config {raw_key!r}", key=raw_key)
             current[key] = _coerce(raw_key, value, int)
-            if current[key] < 1:
-                raise InvalidConfigurationError(f"{raw_key} must be >= 1, got {value!r}")
+            minimum = 0 if key in _BROKER_ZERO_OK else 1
+            if current[key] < minimum:
+                raise InvalidConfigurationError(f"{raw_key} must be >= {minimum}, got {value!r}")
         return cls(**current)

@@ -155,3 +155,18 @@ def replica_actor_name(cluster: str, topic: str, partition: int, broker_id: int)
 
 def controller_actor_name(cluster: str) -> str:
     return f"{cluster}/controller"
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupDescription:
+    """``Admin.describe_group``: ``members`` are dicts (member_id, group_instance_id, client_id, topics,
+    assignment); ``offsets`` the committed offset per partition; ``lag`` high watermark − committed offset
+    (None where the partition's leader could not be asked)."""
+
+    group_id: str
+    state: str  # Empty | PreparingRebalance | CompletingRebalance | Stable | Dead
+    generation_id: int
+    members: list[dict[str, Any]]
+    offsets: dict[TopicPartition, int]
+    lag: dict[TopicPartition, int | None]
+    protocol: str | None = None

@@ -27,6 +27,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from raystream.actors import logs
 from raystream.actors.failover import FailoverMixin
+from raystream.actors.groups import GroupCoordinatorMixin
 from raystream.config import BrokerConfig, TopicConfig
 from raystream.core.metadata import ClusterMetadata, TopicState
 from raystream.core.names import partition_dir_name, validate_topic_name
@@ -70,7 +71,7 @@ def register_broker(cluster: str, default_data_dir: str, proposed_id: int) -> tu
     return proposed_id, data_dir
 
 
-class Controller(FailoverMixin):
+class Controller(FailoverMixin, GroupCoordinatorMixin):
     def __init__(self, cluster: str, data_dir: str, broker_config: dict[str, Any] | None = None) -> None:
         logs.configure()
         self.cluster = cluster
@@ -85,6 +86,7 @@ class Controller(FailoverMixin):
         self._lock: asyncio.Lock | None = None
         self._started = False
         self._init_failover()
+        self._init_groups(Path(data_dir) / cluster)
         log.info("controller %s replayed %d topics, %d brokers", cluster, len(self.metadata.topics),
                  len(self.metadata.brokers))
 

@@ -1,9 +1,9 @@
-"""``Admin``: topic management (create, list, describe, alter config, add partitions, delete).
+"""``Admin``: topic management (create, list, describe, alter config, add partitions, delete) and consumer
+groups (list, describe with lag, reset offsets, delete).
 
 Arguments are checked here, before any remote call; the controller validates topic names and configs
 again and raises the raystream errors (``TopicAlreadyExistsError``, ``InvalidConfigurationError``, ...).
-Consumer-group administration arrives with consumer groups. Thread-safe (holds no mutable state besides
-the closed flag).
+Thread-safe (holds no mutable state besides the closed flag).
 """
 
 from __future__ import annotations
@@ -13,14 +13,13 @@ from typing import Any
 
 import pyarrow as pa
 
+from raystream import errors
 from raystream.client import context
 from raystream.client.base import BaseTransport
 from raystream.core.names import validate_topic_name
 from raystream.errors import ClosedError
-from raystream.protocol import TopicDescription
+from raystream.protocol import EARLIEST, LATEST, GroupDescription, TopicDescription, TopicPartition
 from raystream.storage.records import check_user_schema
-
-_GROUPS = "consumer groups arrive in a later release"
 
 
 def _check_name(name: Any) -> str:
@@ -35,6 +34,12 @@ def _check_count(what: str, value: Any) -> int:
     if value < 1:
         raise ValueError(f"{what} must be >= 1, got {value}")
     return value
+
+
+def _check_group(group_id: Any) -> str:
+    if not isinstance(group_id, str) or not group_id:
+        raise TypeError(f"group_id must be a non-empty str, got {group_id!r}")
+    return group_id
 
 
 def _check_config(config: Any) -> dict[str, Any] | None:
@@ -106,10 +111,71 @@ class Admin:
         self._transport.delete_topic(_check_name(name), timeout_s=self._timeout_s)
 
     def list_groups(self) -> list[str]:
-        raise NotImplementedError(_GROUPS)
+        self._check_open()
+        return self._transport.group_call("list_groups", timeout_s=self._timeout_s)
 
-    def describe_group(self, group_id: str) -> Any:
-        raise NotImplementedError(_GROUPS)
+    def describe_group(self, group_id: str) -> GroupDescription:
+        """State, generation, members with their assignments, committed offsets and lag per partition
+        (high watermark − committed offset; None where the high watermark is unknown)."""
+        self._check_open()
+        d = self._transport.group_call("describe_group_state", _check_group(group_id), timeout_s=self._timeout_s)
+        offsets = {tp: offset for tp, (offset, _) in d["offsets"].items()}
+        ends = self._offsets_of(sorted(offsets), LATEST)
+        lag = {tp: (None if ends.get(tp) is None else max(ends[tp] - o, 0)) for tp, o in offsets.items()}
+        return GroupDescription(d["group_id"], d["state"], d["generation_id"], d["members"], offsets, lag,
+                                d["protocol"])
+
+    def reset_offsets(self, group_id: str, partitions: Any, to: Any) -> dict[TopicPartition, int]:
+        """Set the group's committed offsets of ``partitions`` (a topic name or a list of TopicPartition)
+        ``to`` "earliest", "latest", {"timestamp": ms} or an offset; only for a group with no active member
+        (GroupNotEmptyError otherwise). Returns the new offsets."""
+        self._check_open()
+        group_id = _check_group(group_id)
+        if isinstance(partitions, str):
+            meta = self._transport.get_metadata([partitions], timeout_s=self._timeout_s)[partitions]
+            tps = [TopicPartition(partitions, s.partition) for s in meta.partitions]
+        else:
+            tps = [tp if isinstance(tp, TopicPartition) else TopicPartition(*tp) for tp in partitions]
+        if to in ("earliest", "latest"):
+            targets = self._offsets_of(tps, EARLIEST if to == "earliest" else LATEST)
+        elif isinstance(to, Mapping) and set(to) == {"timestamp"}:
+            found = self._offsets_of(tps, _check_count("timestamp", to["timestamp"]) or 0)
+            latest = self._offsets_of(tps, LATEST)
+            targets = {tp: (o if o is not None and o >= 0 else latest.get(tp)) for tp, o in found.items()}
+        elif isinstance(to, int) and not isinstance(to, bool) and to >= 0:
+            targets = {tp: to for tp in tps}
+        else:
+            raise ValueError(f"to must be 'earliest', 'latest', {{'timestamp': ms}} or an offset >= 0, got {to!r}")
+        missing = [str(tp) for tp, o in targets.items() if o is None]
+        if missing:
+            raise errors.LeaderNotAvailableError(f"no leader answered for {missing}; try again")
+        self._transport.group_call("reset_group_offsets", group_id, targets, timeout_s=self._timeout_s)
+        return targets
+
+    def delete_group(self, group_id: str) -> None:
+        """Delete an empty group and its committed offsets (GroupNotEmptyError while members are active)."""
+        self._check_open()
+        self._transport.group_call("delete_group", _check_group(group_id), timeout_s=self._timeout_s)
+
+    def _offsets_of(self, tps: list[TopicPartition], spec: int) -> dict[TopicPartition, int | None]:
+        """ListOffsets of each partition's leader (None where it could not be asked)."""
+        if not tps:
+            return {}
+        metas = self._transport.get_metadata(sorted({tp.topic for tp in tps}), timeout_s=self._timeout_s)
+        futures = {}
+        for tp in tps:
+            parts = metas[tp.topic].partitions
+            if tp.partition >= len(parts):
+                raise errors.UnknownTopicOrPartitionError(f"no partition {tp}", topic=tp.topic)
+            if parts[tp.partition].leader >= 0:
+                futures[tp] = self._transport.list_offset(tp, parts[tp.partition].leader, spec)
+        out: dict[TopicPartition, int | None] = {tp: None for tp in tps}
+        for tp, future in futures.items():
+            try:
+                out[tp] = future.result(timeout=self._timeout_s)
+            except errors.RaystreamError:
+                out[tp] = None
+        return out
 
     def close(self) -> None:
         self._closed = True

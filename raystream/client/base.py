@@ -64,6 +64,13 @@ class BaseTransport(abc.ABC):
     def init_producer_id(self, timeout_s: float | None = None) -> tuple[int, int]:
         """A new idempotent-producer id from the controller: ``(producer_id, producer_epoch)``."""
 
+    # -- consumer groups (the controller's group coordinator; see raystream.actors.groups) --------------------
+    def group_call(self, method: str, *args: Any, timeout_s: float | None = None) -> Any:
+        """Call a group-coordinator method of the controller (``join_group``, ``heartbeat_group``,
+        ``leave_group``, ``commit_offsets``, ``fetch_offsets``, ``list_groups``, ``describe_group_state``,
+        ``reset_group_offsets``, ``delete_group``). Transports without groups raise NotImplementedError."""
+        raise NotImplementedError(f"{type(self).__name__} has no group coordinator")
+
     # -- partition replicas (asynchronous) --------------------------------------------------------------------
     @abc.abstractmethod
     def produce(self, tp: TopicPartition, broker_id: int, batch: pa.RecordBatch, acks: int, timeout_ms: int,

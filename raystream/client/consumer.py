@@ -1,4 +1,5 @@
-"""``Consumer``: reads records of assigned partitions (manual assignment; consumer groups come later).
+"""``Consumer``: reads records of assigned partitions — chosen by ``assign`` (manual) or by the consumer group
+(``subscribe``; membership, heartbeats and rebalances in :mod:`raystream.client.group`).
 
 ``poll`` returns up to ``max_poll_records`` :class:`~raystream.protocol.Record` objects (headers as a list
 of ``(key, value)`` tuples, as kafka-python); ``poll_arrow`` returns a ``pyarrow.Table`` without converting
@@ -12,9 +13,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import re
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import Future
 from typing import Any
 
 import pyarrow as pa
@@ -30,14 +34,16 @@ from raystream.client.convert import (
     user_schema,
 )
 from raystream.client.fetcher import RESET_SPECS, Fetcher
+from raystream.client.group import DEFAULT_ASSIGNORS, GroupMember
 from raystream.client.metadata import MetadataCache
-from raystream.errors import ClosedError, RequestTimeoutError, UnknownTopicOrPartitionError
+from raystream.core.assignors import ASSIGNORS
+from raystream.errors import ClosedError, RaystreamError, RequestTimeoutError, UnknownTopicOrPartitionError
 from raystream.protocol import EARLIEST, LATEST, Record, TopicPartition
 from raystream.storage.batch import OFFSET_COLUMN, TIMESTAMP_COLUMN
 
 log = logging.getLogger(__name__)
 
-_GROUPS = "consumer groups arrive in a later release"
+_NO_GROUP = "this needs a consumer with a group_id (Kafka: InvalidGroupIdException)"
 _SYSTEM_NAMES = {f.name for f in SYSTEM_OUTPUT_FIELDS}
 
 
@@ -84,9 +90,10 @@ def _tp_list(partitions: Any) -> list[TopicPartition]:
 class Consumer:
     """A Kafka-style consumer; configuration uses Kafka's names with underscores and Kafka's defaults.
 
-    ``group_id``, ``enable_auto_commit``, ``session_timeout_ms`` and the other group settings are accepted
-    now and used once consumer groups exist; ``subscribe``/``commit``/``committed`` raise
-    NotImplementedError until then."""
+    With ``group_id``, ``subscribe`` joins that consumer group; ``commit``/``committed`` store and read the
+    group's offsets (also after a manual ``assign``); auto-commit (``enable_auto_commit``) commits the
+    positions of what earlier polls returned, every ``auto_commit_interval_ms``, before a rebalance and on
+    close — at-least-once delivery."""
 
     def __init__(self, *, group_id: str | None = None, auto_offset_reset: str = "latest",
                  enable_auto_commit: bool = True, auto_commit_interval_ms: int = 5000,
@@ -99,9 +106,22 @@ class Consumer:
                  consumer_timeout_ms: int | None = None,
                  key_deserializer: Callable[[bytes], Any] | None = None,
                  value_deserializer: Callable[[bytes], Any] | None = None, client_id: str | None = None,
+                 group_instance_id: str | None = None,
+                 partition_assignment_strategy: Iterable[str] = DEFAULT_ASSIGNORS,
                  cluster: Any = None, transport: BaseTransport | None = None) -> None:
-        if group_id is not None and not isinstance(group_id, str):
-            raise TypeError("group_id must be a str or None")
+        if group_id is not None and (not isinstance(group_id, str) or not group_id):
+            raise TypeError("group_id must be a non-empty str or None")
+        if group_instance_id is not None and (not isinstance(group_instance_id, str) or group_id is None):
+            raise ValueError("group_instance_id must be a str, and needs a group_id")
+        strategies = [partition_assignment_strategy] if isinstance(partition_assignment_strategy, str) \
+            else list(partition_assignment_strategy)
+        unknown_strategies = [a for a in strategies if a not in ASSIGNORS]
+        if not strategies or unknown_strategies:
+            raise ValueError(f"partition_assignment_strategy must name assignors among {sorted(ASSIGNORS)}, "
+                             f"got {strategies!r}")
+        if heartbeat_interval_ms >= session_timeout_ms:
+            raise ValueError(f"heartbeat_interval_ms ({heartbeat_interval_ms}) must be lower than "
+                             f"session_timeout_ms ({session_timeout_ms}), as in Kafka")
         if auto_offset_reset not in RESET_SPECS:
             raise ValueError(f"auto_offset_reset must be 'earliest', 'latest' or 'none', got {auto_offset_reset!r}")
         if isolation_level not in ("read_uncommitted", "read_committed"):
@@ -142,6 +162,13 @@ class Consumer:
                                 request_timeout_ms=request_timeout_ms, retry_backoff_ms=retry_backoff_ms)
         self._iter_records: deque[Record] = deque()
         self._closed = False
+        self._auto_commit_s = auto_commit_interval_ms / 1000
+        self._last_auto_commit = time.monotonic()
+        self._group = None if group_id is None else GroupMember(
+            self._transport, group_id, client_id=client_id, group_instance_id=group_instance_id,
+            session_timeout_ms=session_timeout_ms, heartbeat_interval_ms=heartbeat_interval_ms,
+            max_poll_interval_ms=max_poll_interval_ms, assignors=strategies, retry_backoff_ms=retry_backoff_ms,
+            metadata_max_age_ms=metadata_max_age_ms)
 
     # -- assignment ------------------------------------------------------------------------------------------
     def assign(self, partitions: Iterable[TopicPartition]) -> None:
@@ -170,22 +197,130 @@ class Consumer:
         return set(self._fetcher.states)
 
     def unsubscribe(self) -> None:
-        """Drop the assignment (Kafka's ``unsubscribe`` also ends a manual assignment)."""
+        """Drop the assignment (Kafka's ``unsubscribe`` also ends a manual assignment); a group member
+        commits (auto-commit), runs ``on_revoke`` and leaves its group."""
         self._check_open()
+        if self._group is not None and self._group.topics:
+            self._auto_commit(force=True)
+            if self._group.on_revoke is not None and self._group.owned:
+                self._group.on_revoke(set(self._group.owned))
+            self._group.close()
+            self._group.owned, self._group.topics, self._group.pattern = set(), set(), None
         self._fetcher.assign([])
         self._iter_records.clear()
 
-    def subscribe(self, topics: Any = None, on_assign: Any = None, on_revoke: Any = None, **kwargs: Any) -> None:
-        raise NotImplementedError(_GROUPS)
+    def subscribe(self, topics: Any = None, on_assign: Callable[[set[TopicPartition]], Any] | None = None,
+                  on_revoke: Callable[[set[TopicPartition]], Any] | None = None, *, pattern: Any = None) -> None:
+        """Join the consumer group and read the partitions it assigns to this member. ``topics``: names (or
+        a compiled ``re.Pattern``); ``pattern``: a regex every topic name must fully match (new matching
+        topics are picked up within ``metadata_max_age_ms``). ``on_revoke(partitions)`` runs before
+        partitions move away (commit there), ``on_assign(partitions)`` after new ones arrive; both run
+        inside ``poll`` on this thread."""
+        self._check_open()
+        if self._group is None:
+            raise ValueError(f"subscribe: {_NO_GROUP}")
+        if isinstance(topics, re.Pattern):
+            topics, pattern = None, topics
+        if pattern is not None:
+            pattern = re.compile(pattern) if isinstance(pattern, str) else pattern
+            if not isinstance(pattern, re.Pattern) or topics:
+                raise TypeError("pass either topics or a pattern (str or re.Pattern)")
+            names: set[str] = set()
+        else:
+            if isinstance(topics, str) or not isinstance(topics, Iterable):
+                raise TypeError("topics must be a list of topic names")
+            names = set(topics)
+            if not names or not all(isinstance(t, str) and t for t in names):
+                raise ValueError("topics must be a non-empty list of topic names")
+            for topic in sorted(names):
+                self._metadata.get(topic, timeout_s=self._api_timeout_s)  # unknown topic: a clear error now
+        for name, fn in (("on_assign", on_assign), ("on_revoke", on_revoke)):
+            if fn is not None and not callable(fn):
+                raise TypeError(f"{name} must be callable")
+        self._fetcher.assign([])
+        self._group.subscribe(names, pattern, on_assign, on_revoke)
 
     def subscription(self) -> set[str]:
-        raise NotImplementedError(_GROUPS)
+        self._check_open()
+        return set() if self._group is None else self._group.subscribed_topics()
 
-    def commit(self, offsets: Any = None, asynchronous: bool = False) -> None:
-        raise NotImplementedError(_GROUPS)
+    def commit(self, offsets: Mapping[TopicPartition, Any] | None = None, asynchronous: bool = False) -> Any:
+        """Commit ``offsets`` (tp → next offset to read, or (offset, metadata)); default: the current
+        positions of every assigned partition. ``asynchronous``: returns a ``concurrent.futures.Future``.
+        A commit from a member of a stale generation raises CommitFailedError."""
+        self._check_open()
+        if self._group is None:
+            raise ValueError(f"commit: {_NO_GROUP}")
+        prepared = self._commit_offsets(offsets)
+        if not asynchronous:
+            self._group.commit(prepared)
+            return None
+        future: Future = Future()
 
-    def committed(self, partitions: Any, timeout: float | None = None) -> Any:
-        raise NotImplementedError(_GROUPS)
+        def run() -> None:
+            try:
+                self._group.commit(prepared)
+                future.set_result(None)
+            except BaseException as exc:  # delivered through the future
+                future.set_exception(exc)
+        threading.Thread(target=run, daemon=True, name="raystream-async-commit").start()
+        return future
+
+    def _commit_offsets(self, offsets: Mapping[TopicPartition, Any] | None) -> dict[TopicPartition, tuple[int, str]]:
+        if offsets is None:
+            return {tp: (s.position, "") for tp, s in self._fetcher.states.items() if s.position is not None}
+        if not isinstance(offsets, Mapping):
+            raise TypeError("offsets must be a dict of TopicPartition -> offset")
+        out = {}
+        for tp, value in offsets.items():
+            tp = _check_tp(tp)
+            offset, metadata = value if isinstance(value, tuple) else (value, "")
+            _check_int(f"offset of {tp}", offset, 0)
+            if not isinstance(metadata, str):
+                raise TypeError("commit metadata must be a str")
+            out[tp] = (offset, metadata)
+        return out
+
+    def committed(self, partitions: Any, timeout: float | None = None) -> dict[TopicPartition, int | None]:
+        """The group's committed offset of each partition (None where nothing was committed)."""
+        self._check_open()
+        if self._group is None:
+            raise ValueError(f"committed: {_NO_GROUP}")
+        tps = _tp_list(partitions)
+        timeout = _check_timeout("timeout", timeout)
+        found = self._group.committed(tps, self._api_timeout_s if timeout is None else timeout)
+        return {tp: (found[tp][0] if tp in found else None) for tp in tps}
+
+    def _auto_commit(self, force: bool = False, partitions: set[TopicPartition] | None = None) -> None:
+        """Auto-commit the positions (what earlier polls returned) when due, or now with ``force``."""
+        if self._group is None or not self.enable_auto_commit:
+            return
+        now = time.monotonic()
+        if not force and now - self._last_auto_commit < self._auto_commit_s:
+            return
+        self._last_auto_commit = now
+        offsets = {tp: (s.position, "") for tp, s in self._fetcher.states.items()
+                   if s.position is not None and (partitions is None or tp in partitions)}
+        if not offsets:
+            return
+        try:
+            self._group.commit(offsets)
+        except RaystreamError as exc:  # as Kafka: logged; the next rebalance sorts the generation out
+            log.warning("auto-commit of %d offsets for group %s failed: %s", len(offsets), self.group_id, exc)
+
+    def _apply_group_assignment(self, assignment: list[TopicPartition], added: list[TopicPartition]) -> None:
+        """The group's decision: read ``assignment``; ``added`` partitions start at the committed offset
+        (else at ``auto_offset_reset``)."""
+        self._fetcher.assign(assignment)
+        self._iter_records.clear()
+        if not added:
+            return
+        for topic in sorted({tp.topic for tp in added}):
+            self._metadata.get(topic, timeout_s=self._api_timeout_s)
+        committed = self._group.committed(added, self._api_timeout_s) if self._group is not None else {}
+        for tp in added:
+            if tp in committed:
+                self._fetcher.seek(tp, committed[tp][0])
 
     # -- polling ---------------------------------------------------------------------------------------------
     def poll(self, timeout: float = 1.0, max_records: int | None = None) -> list[Record]:
@@ -242,7 +377,10 @@ class Consumer:
     def _poll(self, timeout: float | None, max_records: int | None) -> list[tuple[TopicPartition, pa.RecordBatch]]:
         deadline = None if timeout is None else time.monotonic() + timeout
         fetcher = self._fetcher
+        self._auto_commit()
         while True:
+            if self._group is not None:
+                self._group.before_poll(self)  # rejoins (and runs the callbacks) when a rebalance is due
             fetcher.reset_positions(0.0)  # sends or takes in list_offset requests; never waits here
             fetcher.collect()
             pieces = fetcher.take(max_records)
@@ -385,6 +523,9 @@ class Consumer:
         """Stop consuming; fetches in flight are abandoned. Idempotent."""
         if self._closed:
             return
+        if self._group is not None:
+            self._auto_commit(force=True)
+            self._group.close()
         self._closed = True
         self._fetcher.assign([])
         self._iter_records.clear()

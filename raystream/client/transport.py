@@ -120,6 +120,14 @@ class RayTransport(BaseTransport):
         producer_id, producer_epoch = self._call("init_producer_id", timeout_s=timeout_s)
         return int(producer_id), int(producer_epoch)
 
+    _GROUP_METHODS = frozenset({"join_group", "heartbeat_group", "leave_group", "commit_offsets", "fetch_offsets",
+                                "list_groups", "describe_group_state", "reset_group_offsets", "delete_group"})
+
+    def group_call(self, method: str, *args: Any, timeout_s: float | None = None) -> Any:
+        if method not in self._GROUP_METHODS:
+            raise ValueError(f"not a group coordinator method: {method!r}")
+        return self._call(method, *args, timeout_s=timeout_s)
+
     # -- replicas --------------------------------------------------------------------------------------------
     def _replica(self, key: tuple[str, int, int]) -> Any:
         with self._lock:

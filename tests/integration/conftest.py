@@ -22,7 +22,8 @@ def cluster(tmp_path_factory):
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     data_dir = tmp_path_factory.mktemp("raystream-data")
     handle = rs.init(data_dir=str(data_dir), cluster="it",
-                     broker_config={"replica.lag.time.max.ms": 3000})
+                     broker_config={"replica.lag.time.max.ms": 3000,
+                                            "group.initial.rebalance.delay.ms": 100})
     yield handle
     rs.shutdown(stop_cluster=True)
     ray.shutdown()

@@ -332,9 +332,20 @@ def test_argument_errors_before_remote_calls(fake, make_consumer):
         consumer.assign([TopicPartition("nope", 0)])
 
 
-def test_groups_are_not_implemented_yet(fake, make_consumer):
-    consumer = make_consumer(group_id="g", enable_auto_commit=True, session_timeout_ms=10_000)
-    with pytest.raises(NotImplementedError, match="consumer groups arrive in a later release"):
-        consumer.subscribe(["t"])
-    with pytest.raises(NotImplementedError):
-        consumer.commit()
+def test_group_calls_need_a_group_id_and_valid_arguments(fake, make_consumer):
+    consumer = make_consumer()
+    for call in (lambda: consumer.subscribe(["t"]), consumer.commit, lambda: consumer.committed([])):
+        with pytest.raises(ValueError, match="group_id"):
+            call()
+    fake.add_topic("t", partitions=1)
+    grouped = make_consumer(group_id="g", session_timeout_ms=10_000)
+    with pytest.raises(TypeError):
+        grouped.subscribe("t")  # a str is not a list of topics
+    with pytest.raises(TypeError):
+        grouped.subscribe(["t"], pattern="t.*")
+    with pytest.raises(errors.UnknownTopicOrPartitionError):
+        grouped.subscribe(["missing"])
+    with pytest.raises(ValueError, match="partition_assignment_strategy"):
+        make_consumer(group_id="g", partition_assignment_strategy=["nope"])
+    with pytest.raises(ValueError, match="heartbeat_interval_ms"):
+        make_consumer(group_id="g", session_timeout_ms=1000, heartbeat_interval_ms=1000)

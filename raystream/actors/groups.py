@@ -1,0 +1,232 @@
+"""The controller's group coordinator: consumer-group membership, assignments and committed offsets.
+
+Mixed into :class:`raystream.actors.controller.Controller`; the rules live in :mod:`raystream.core.group`
+(one :class:`~raystream.core.group.GroupMetadata` per group) and the assignors in
+:mod:`raystream.core.assignors`. The coordinator assigns partitions itself (server side), so a join
+returns the member's assignment directly: ``join_group`` is Kafka's JoinGroup + SyncGroup in one call. It
+long-polls while the join phase runs (other members rejoining, ``group.initial.rebalance.delay.ms``).
+
+Committed offsets live in a :class:`~raystream.storage.compacted_map.CompactedMap` under
+``<data_dir>/<cluster>/__consumer_offsets`` — a compacted segment log of our own, like Kafka's internal
+topic — keyed by (group, topic, partition), so they survive a controller restart; group *membership* does
+not (members rejoin when their heartbeat fails, as after a Kafka coordinator move). Offsets of a group
+that has been empty for ``offsets.retention.minutes`` are deleted.
+
+Concurrency: runs on the controller's event loop; no ``await`` between reading and changing a group, so
+group operations need no lock (they never touch the metadata lock either).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from raystream.core.assignors import Subscription
+from raystream.core.group import GroupMetadata, GroupState, JoinCompletion
+from raystream.errors import GroupIdNotFoundError, GroupNotEmptyError, UnknownMemberIdError
+from raystream.protocol import TopicPartition
+from raystream.storage.compacted_map import CompactedMap
+
+log = logging.getLogger(__name__)
+OFFSETS_DIR = "__consumer_offsets"
+_GROUP_TICK_S = 0.1
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class GroupCoordinatorMixin:
+    """Consumer groups (see the module docstring). Needs the controller's ``metadata``, ``_dir`` parent and
+    ``broker_config``."""
+
+    def _init_groups(self, root: Path) -> None:
+        self._groups: dict[str, GroupMetadata] = {}
+        self._join_waiters: dict[str, dict[str, asyncio.Future]] = {}
+        self._empty_since_ms: dict[str, int] = {}
+        self._offsets = CompactedMap(root / OFFSETS_DIR)
+        try:
+            self._group_task = asyncio.get_running_loop().create_task(self._group_loop())
+        except RuntimeError:  # not on an event loop (constructed in a unit test)
+            self._group_task = None
+
+    def _group(self, group_id: str, create: bool = False) -> GroupMetadata | None:
+        group = self._groups.get(group_id)
+        if group is None and create:
+            if not isinstance(group_id, str) or not group_id:
+                raise ValueError(f"group_id must be a non-empty str, got {group_id!r}")
+            group = GroupMetadata(group_id, member_ids=lambda client: f"{client or 'consumer'}-{uuid.uuid4()}",
+                                  initial_rebalance_delay_ms=self.broker_config.group_initial_rebalance_delay_ms,
+                                  topic_partitions=self._partition_counts())
+            self._groups[group_id] = group
+        return group
+
+    def _partition_counts(self) -> dict[str, int]:
+        return {name: len(t.partitions) for name, t in self.metadata.topics.items()}
+
+    # -- membership --------------------------------------------------------------------------------------------
+    async def join_group(self, group_id: str, member_id: str | None, group_instance_id: str | None,
+                         client_id: str, protocols: list[str], topics: list[str], owned: list[TopicPartition],
+                         owned_generation: int, session_timeout_ms: int, rebalance_timeout_ms: int) -> dict:
+        """JoinGroup + SyncGroup. Returns ``member_id``, ``generation_id``, ``protocol``, ``assignment``,
+        ``revoked`` and ``rejoin`` (a cooperative follow-up is due: rejoin after revoking)."""
+        group = self._group(group_id, create=True)
+        group.update_topic_partitions(self._partition_counts(), _now_ms())
+        subscription = Subscription(sorted(set(topics)), list(owned), owned_generation, group_instance_id)
+        result = group.join(member_id, group_instance_id, protocols, subscription,
+                            session_timeout_ms=session_timeout_ms, rebalance_timeout_ms=rebalance_timeout_ms,
+                            now_ms=_now_ms(), client_id=client_id)
+        generation = result.generation_id
+        if result.awaiting:
+            waiter = asyncio.get_running_loop().create_future()
+            old = self._join_waiters.setdefault(group_id, {}).pop(result.member_id, None)
+            if old is not None and not old.done():
+                old.set_exception(UnknownMemberIdError(f"member {result.member_id} joined again"))
+            self._join_waiters[group_id][result.member_id] = waiter
+            self._tick_group(group)
+            completion: JoinCompletion = await asyncio.wait_for(waiter, rebalance_timeout_ms / 1000 + 30)
+            generation = completion.generation_id
+        sync = group.sync(result.member_id, generation, now_ms=_now_ms())
+        self._tick_group(group)
+        return {"member_id": result.member_id, "generation_id": sync.generation_id, "protocol": sync.protocol,
+                "assignment": list(sync.assignment or ()), "revoked": list(sync.revoked), "rejoin": sync.rejoin}
+
+    async def heartbeat_group(self, group_id: str, member_id: str, generation_id: int) -> bool:
+        """True: a rebalance is in progress, the member must rejoin."""
+        group = self._group(group_id)
+        if group is None:
+            raise UnknownMemberIdError(f"unknown group {group_id!r} (the coordinator restarted?)",
+                                       group_id=group_id, member_id=member_id)
+        result = group.heartbeat(member_id, generation_id, _now_ms())
+        return result.rebalance_in_progress
+
+    async def leave_group(self, group_id: str, member_id: str) -> None:
+        group = self._group(group_id)
+        if group is not None and member_id in group.members:
+            group.leave(member_id, _now_ms())
+            self._tick_group(group)
+
+    def _tick_group(self, group: GroupMetadata) -> None:
+        """Apply time to one group and answer the joins its completed join phase decided."""
+        result = group.poll(_now_ms())
+        if result.completion is not None:
+            waiters = self._join_waiters.pop(group.group_id, {})
+            for member_id, waiter in waiters.items():
+                if waiter.done():
+                    continue
+                if member_id in result.completion.members:
+                    waiter.set_result(result.completion)
+                else:
+                    waiter.set_exception(UnknownMemberIdError(
+                        f"member {member_id} was removed from group {group.group_id!r} during the rebalance",
+                        group_id=group.group_id, member_id=member_id))
+        if group.state is GroupState.EMPTY:
+            self._empty_since_ms.setdefault(group.group_id, _now_ms())
+        else:
+            self._empty_since_ms.pop(group.group_id, None)
+
+    async def _group_loop(self) -> None:
+        retention_ms = self.broker_config.offsets_retention_minutes * 60_000
+        last_retention = 0.0
+        while True:
+            await asyncio.sleep(_GROUP_TICK_S)
+            try:
+                counts = self._partition_counts()
+                for group in list(self._groups.values()):
+                    group.update_topic_partitions(counts, _now_ms())
+                    self._tick_group(group)
+                if time.monotonic() - last_retention > 60:
+                    last_retention = time.monotonic()
+                    self._expire_offsets(retention_ms)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("group coordinator tick failed")
+
+    def _expire_offsets(self, retention_ms: int) -> None:
+        """Kafka's offsets.retention.minutes: offsets of a group empty (or unknown) for that long go."""
+        now = _now_ms()
+        stale = []
+        for (group_id, topic, partition), (_, _, committed_ms) in self._offsets.items():
+            group = self._groups.get(group_id)
+            if group is not None and group.state is not GroupState.EMPTY:
+                continue
+            since = self._empty_since_ms.get(group_id, committed_ms)
+            if now - max(since, committed_ms) >= retention_ms:
+                stale.append((group_id, topic, partition))
+        if stale:
+            log.info("offsets.retention: deleting %d committed offsets of empty groups", len(stale))
+            self._offsets.update(deletes=stale)
+
+    # -- offsets -----------------------------------------------------------------------------------------------
+    async def commit_offsets(self, group_id: str, member_id: str, generation_id: int,
+                             offsets: dict[TopicPartition, tuple[int, str]]) -> None:
+        """Commit ``offsets`` (tp → (offset, metadata)) for the group; a stale generation or an unknown
+        member raises CommitFailedError. A consumer outside any generation (-1) may commit while the group is
+        empty (manual assignment with a group id)."""
+        group = self._group(group_id, create=generation_id < 0)
+        if group is None:
+            raise UnknownMemberIdError(f"unknown group {group_id!r}", group_id=group_id, member_id=member_id)
+        group.validate_commit(member_id, generation_id, now_ms=_now_ms())
+        now = _now_ms()
+        puts = {}
+        for tp, (offset, metadata) in offsets.items():
+            if tp.topic not in self.metadata.topics:
+                raise ValueError(f"cannot commit an offset for unknown topic {tp.topic!r}")
+            if not isinstance(offset, int) or offset < 0:
+                raise ValueError(f"offset for {tp} must be an int >= 0, got {offset!r}")
+            puts[(group_id, tp.topic, tp.partition)] = [offset, metadata or "", now]
+        self._offsets.update(puts)
+        self._tick_group(group)
+
+    async def fetch_offsets(self, group_id: str, partitions: list[TopicPartition] | None = None
+                            ) -> dict[TopicPartition, tuple[int, str]]:
+        """Committed (offset, metadata) per partition; partitions without a commit are left out."""
+        out = {}
+        for (g, topic, partition), (offset, metadata, _) in self._offsets.items():
+            tp = TopicPartition(topic, partition)
+            if g == group_id and (partitions is None or tp in partitions):
+                out[tp] = (offset, metadata)
+        return out
+
+    # -- admin -------------------------------------------------------------------------------------------------
+    async def list_groups(self) -> list[str]:
+        with_offsets = {g for (g, _, _), _ in self._offsets.items()}
+        live = {g for g, group in self._groups.items() if group.state is not GroupState.DEAD}
+        return sorted(live | with_offsets)
+
+    async def describe_group_state(self, group_id: str) -> dict[str, Any]:
+        group = self._group(group_id)
+        offsets = await self.fetch_offsets(group_id)
+        if group is None and not offsets:
+            raise GroupIdNotFoundError(f"unknown group {group_id!r}", group_id=group_id)
+        if group is None:
+            return {"group_id": group_id, "state": GroupState.EMPTY.value, "generation_id": -1, "protocol": None,
+                    "members": [], "offsets": offsets}
+        d = group.describe()
+        members = [{"member_id": m.member_id, "group_instance_id": m.group_instance_id, "client_id": m.client_id,
+                    "topics": list(m.topics), "assignment": list(m.assignment)} for m in d.members]
+        return {"group_id": group_id, "state": d.state.value, "generation_id": d.generation_id,
+                "protocol": d.protocol, "members": members, "offsets": offsets}
+
+    async def reset_group_offsets(self, group_id: str, offsets: dict[TopicPartition, int]) -> None:
+        """Replace committed offsets; only while the group has no active member (Kafka's rule)."""
+        group = self._group(group_id)
+        if group is not None and group.state not in (GroupState.EMPTY, GroupState.DEAD):
+            raise GroupNotEmptyError(f"group {group_id!r} is {group.state.value}: stop its consumers first",
+                                     group_id=group_id)
+        await self.commit_offsets(group_id, "", -1, {tp: (o, "reset") for tp, o in offsets.items()})
+
+    async def delete_group(self, group_id: str) -> None:
+        group = self._group(group_id)
+        keys = [k for k, _ in self._offsets.items() if k[0] == group_id]
+        if group is None and not keys:
+            raise GroupIdNotFoundError(f"unknown group {group_id!r}", group_id=group_id)
+        if group is not None:
+            group.delete()  # GroupNotEmptyError unless Empty
+            self._groups.pop(group_id, None)
+        self._offsets.update(deletes=keys)
