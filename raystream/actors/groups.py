@@ -48,6 +48,7 @@ class GroupCoordinatorMixin:
         self._groups: dict[str, GroupMetadata] = {}
         self._join_waiters: dict[str, dict[str, asyncio.Future]] = {}
         self._empty_since_ms: dict[str, int] = {}
+        self._rebalancing: dict[str, asyncio.Event] = {}  # set while a group's join phase runs
         self._offsets = CompactedMap(root / OFFSETS_DIR)
         try:
             self._group_task = asyncio.get_running_loop().create_task(self._group_loop())
@@ -95,14 +96,27 @@ class GroupCoordinatorMixin:
         return {"member_id": result.member_id, "generation_id": sync.generation_id, "protocol": sync.protocol,
                 "assignment": list(sync.assignment or ()), "revoked": list(sync.revoked), "rejoin": sync.rejoin}
 
-    async def heartbeat_group(self, group_id: str, member_id: str, generation_id: int) -> bool:
-        """True: a rebalance is in progress, the member must rejoin."""
+    async def heartbeat_group(self, group_id: str, member_id: str, generation_id: int, wait_ms: int = 0) -> bool:
+        """True: a rebalance is in progress, the member must rejoin. ``wait_ms``: a long-poll heartbeat —
+        held until a rebalance starts or ``wait_ms`` passes, so members hear of a rebalance at once instead
+        of at their next heartbeat (Kafka waits up to heartbeat.interval.ms here)."""
         group = self._group(group_id)
         if group is None:
             raise UnknownMemberIdError(f"unknown group {group_id!r} (the coordinator restarted?)",
                                        group_id=group_id, member_id=member_id)
-        result = group.heartbeat(member_id, generation_id, _now_ms())
-        return result.rebalance_in_progress
+        if group.heartbeat(member_id, generation_id, _now_ms()).rebalance_in_progress or wait_ms <= 0:
+            return group.state is GroupState.PREPARING_REBALANCE
+        event = self._rebalancing.setdefault(group_id, asyncio.Event())
+        try:
+            await asyncio.wait_for(event.wait(), wait_ms / 1000)
+        except asyncio.TimeoutError:
+            pass
+        if member_id not in group.members:
+            raise UnknownMemberIdError(f"member {member_id} left group {group_id!r} meanwhile",
+                                       group_id=group_id, member_id=member_id)
+        # Not a second heartbeat: the member's session counts from when it last *sent* one, so a client
+        # that died during the hold expires on time.
+        return group.state is GroupState.PREPARING_REBALANCE
 
     async def leave_group(self, group_id: str, member_id: str) -> None:
         group = self._group(group_id)
@@ -128,6 +142,11 @@ class GroupCoordinatorMixin:
             self._empty_since_ms.setdefault(group.group_id, _now_ms())
         else:
             self._empty_since_ms.pop(group.group_id, None)
+        event = self._rebalancing.get(group.group_id)
+        if group.state is GroupState.PREPARING_REBALANCE:
+            self._rebalancing.setdefault(group.group_id, asyncio.Event()).set()
+        elif event is not None and event.is_set():
+            self._rebalancing[group.group_id] = asyncio.Event()  # the next rebalance wakes the next waiters
 
     async def _group_loop(self) -> None:
         retention_ms = self.broker_config.offsets_retention_minutes * 60_000

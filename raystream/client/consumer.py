@@ -204,7 +204,7 @@ class Consumer:
             self._auto_commit(force=True)
             if self._group.on_revoke is not None and self._group.owned:
                 self._group.on_revoke(set(self._group.owned))
-            self._group.close()
+            self._group.close(leave=True)
             self._group.owned, self._group.topics, self._group.pattern = set(), set(), None
         self._fetcher.assign([])
         self._iter_records.clear()

@@ -181,13 +181,19 @@ class GroupMember:
     def committed(self, partitions: list[TopicPartition], timeout_s: float | None) -> dict:
         return self.transport.group_call("fetch_offsets", self.group_id, partitions, timeout_s=timeout_s)
 
-    def close(self) -> None:
+    def close(self, leave: bool | None = None) -> None:
+        """Stop heartbeating and leave the group — except a static member (``group_instance_id``), which
+        stays until its session times out so that a restart gets its partitions back (KIP-345)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(self.heartbeat_s + 5)
+        self._thread = None
+        self._stop = threading.Event()
         with self._lock:
             member_id, self.member_id = self.member_id, None
-        if member_id:
+        if leave is None:
+            leave = self.group_instance_id is None
+        if member_id and leave:
             try:
                 self.transport.group_call("leave_group", self.group_id, member_id, timeout_s=10)
             except RaystreamError as exc:  # the session timeout removes us anyway
@@ -195,7 +201,9 @@ class GroupMember:
 
     # -- the heartbeat thread -------------------------------------------------------------------------------
     def _heartbeat_loop(self) -> None:
-        while not self._stop.wait(self.heartbeat_s):
+        # A heartbeat is held by the coordinator for up to one interval (see heartbeat_group), so the loop
+        # only pauses briefly between calls; the session stays fresh either way.
+        while not self._stop.wait(min(self.heartbeat_s, 0.05)):
             with self._lock:
                 member_id, generation, joining = self.member_id, self.generation_id, self._needs_join
             if member_id is None or joining:
@@ -203,8 +211,9 @@ class GroupMember:
             if (time.monotonic() - self._last_poll) * 1000 > self.max_poll_interval_ms:
                 self._leave_for_poll_timeout(member_id)
                 continue
-            try:
+            try:  # long-poll: answered at once when a rebalance starts, else after one interval
                 rebalance = self.transport.group_call("heartbeat_group", self.group_id, member_id, generation,
+                                                      int(self.heartbeat_s * 1000),
                                                       timeout_s=self.session_timeout_ms / 1000)
             except (UnknownMemberIdError, IllegalGenerationError, RebalanceInProgressError) as exc:
                 with self._lock:

@@ -229,3 +229,57 @@ def test_admin_reset_and_delete_group(cluster, topic_name):
     assert group not in admin.list_groups()
     with pytest.raises(errors.GroupIdNotFoundError):
         admin.describe_group(group)
+
+
+def test_static_member_restarting_within_the_session_keeps_its_partitions_without_a_rebalance(
+        cluster, topic_name, wait_for):
+    rs.Admin().create_topic(topic_name, partitions=4)
+    group = f"g-{topic_name}"
+    static = Member(topic_name, group, group_instance_id="worker-1")
+    other = Member(topic_name, group)
+    static.start()
+    other.start()
+    try:
+        wait_partitioned(wait_for, [static, other], 4, "two members")
+        before = rs.Admin().describe_group(group)
+        mine = static.owned()
+        static.stop.set()  # closes without... a static member's close leaves no gap: see below
+        static.join(10)
+        again = Member(topic_name, group, group_instance_id="worker-1")
+        again.start()
+        wait_for(lambda: again.owned() == mine, timeout_s=30, message="the static member's partitions back")
+        after = rs.Admin().describe_group(group)
+        assert after.generation_id == before.generation_id  # no rebalance happened
+        assert other.owned() == {tp for tp in (rs.TopicPartition(topic_name, p) for p in range(4))} - mine
+        again.stop.set()
+        again.join(10)
+    finally:
+        other.stop.set()
+        other.join(10)
+
+
+def test_pattern_subscription_and_new_partitions_are_picked_up(cluster, topic_name, wait_for):
+    admin = rs.Admin()
+    admin.create_topic(f"{topic_name}-a", partitions=1)
+    group = f"g-{topic_name}"
+    with rs.Consumer(group_id=group, metadata_max_age_ms=200, **FAST) as c:
+        c.subscribe(pattern=rf"{topic_name}-.*")
+        wait_for(lambda: (c.poll(timeout=0.05), c.assignment())[1] == {rs.TopicPartition(f"{topic_name}-a", 0)},
+                 timeout_s=30, message="the first matching topic")
+        admin.create_topic(f"{topic_name}-b", partitions=1)
+        admin.create_partitions(f"{topic_name}-a", total=2)
+        want = {rs.TopicPartition(f"{topic_name}-a", 0), rs.TopicPartition(f"{topic_name}-a", 1),
+                rs.TopicPartition(f"{topic_name}-b", 0)}
+        wait_for(lambda: (c.poll(timeout=0.05), c.assignment())[1] == want, timeout_s=30,
+                 message="the new topic and partition")
+        assert c.subscription() == {f"{topic_name}-a", f"{topic_name}-b"}
+
+
+def test_auto_offset_reset_none_without_a_commit_raises(cluster, topic_name):
+    rs.Admin().create_topic(topic_name, partitions=1)
+    with rs.Consumer(group_id=f"g-{topic_name}", **{**FAST, "auto_offset_reset": "none"}) as c:
+        c.subscribe([topic_name])
+        with pytest.raises(errors.NoOffsetForPartitionError):
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                c.poll(timeout=0.1)
