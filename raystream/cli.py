@@ -11,6 +11,7 @@ import sys
 import click
 
 from raystream import __version__
+from raystream.cli_groups import groups
 from raystream.cli_perf import perf_test
 from raystream.cli_topics import consume, produce, topics
 
@@ -32,6 +33,7 @@ def main(ctx: click.Context, address: str | None, cluster: str, data_dir: str | 
 main.add_command(topics)
 main.add_command(produce)
 main.add_command(consume)
+main.add_command(groups)
 main.add_command(perf_test)
 
 

@@ -171,31 +171,37 @@ def produce(ctx, topic, key_separator, acks):
 @click.option("--timeout-ms", type=int, default=None, help="Exit after this long without a message.")
 @click.option("--print-key", is_flag=True)
 @click.option("--key-separator", default="\t", show_default=True)
-@click.option("--group", default=None, help="Consumer group (group mode arrives in a later release).")
+@click.option("--group", default=None,
+              help="Consume as a member of this consumer group (subscribe; offsets auto-committed).")
 @click.pass_context
 @friendly_errors
 def consume(ctx, topic, from_beginning, max_messages, timeout_ms, print_key, key_separator, group):
-    """Print records of a topic (like kafka-console-consumer)."""
+    """Print records of a topic (like kafka-console-consumer). With --group, --from-beginning applies only
+    where the group has no committed offset."""
     import time
 
     import raystream as rs
 
     connect(ctx)
-    if group:
-        raise click.ClickException("--group: consumer groups arrive in a later release")
-    partitions = len(rs.Admin().describe_topic(topic).partitions)
     seen = 0
     idle_since = time.monotonic()
-    with rs.Consumer(auto_offset_reset="earliest" if from_beginning else "latest") as consumer:
-        consumer.assign([rs.TopicPartition(topic, p) for p in range(partitions)])
+    reset = "earliest" if from_beginning else "latest"
+    with rs.Consumer(group_id=group, auto_offset_reset=reset) as consumer:
+        if group:
+            consumer.subscribe([topic])
+        else:
+            partitions = len(rs.Admin().describe_topic(topic).partitions)
+            consumer.assign([rs.TopicPartition(topic, p) for p in range(partitions)])
         while max_messages is None or seen < max_messages:
-            records = consumer.poll(timeout=0.2)
+            # never read past --max-messages: what a group member polled is what it commits
+            remaining = None if max_messages is None else max_messages - seen
+            records = consumer.poll(timeout=0.2, max_records=remaining)
             if not records:
                 if timeout_ms is not None and (time.monotonic() - idle_since) * 1000 >= timeout_ms:
                     break
                 continue
             idle_since = time.monotonic()
-            for r in records[: None if max_messages is None else max_messages - seen]:
+            for r in records:
                 value = r.value.decode(errors="replace") if r.value is not None else "null"
                 if print_key:
                     key = r.key.decode(errors="replace") if r.key is not None else "null"

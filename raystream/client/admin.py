@@ -128,9 +128,15 @@ class Admin:
     def reset_offsets(self, group_id: str, partitions: Any, to: Any) -> dict[TopicPartition, int]:
         """Set the group's committed offsets of ``partitions`` (a topic name or a list of TopicPartition)
         ``to`` "earliest", "latest", {"timestamp": ms} or an offset; only for a group with no active member
-        (GroupNotEmptyError otherwise). Returns the new offsets."""
+        (GroupNotEmptyError otherwise). Returns the new offsets (those ``plan_reset_offsets`` computes)."""
+        targets = self.plan_reset_offsets(group_id, partitions, to)
+        self._transport.group_call("reset_group_offsets", group_id, targets, timeout_s=self._timeout_s)
+        return targets
+
+    def plan_reset_offsets(self, group_id: str, partitions: Any, to: Any) -> dict[TopicPartition, int]:
+        """The offsets ``reset_offsets`` would commit, without changing anything (Kafka's dry run)."""
         self._check_open()
-        group_id = _check_group(group_id)
+        _check_group(group_id)
         if isinstance(partitions, str):
             meta = self._transport.get_metadata([partitions], timeout_s=self._timeout_s)[partitions]
             tps = [TopicPartition(partitions, s.partition) for s in meta.partitions]
@@ -149,7 +155,6 @@ class Admin:
         missing = [str(tp) for tp, o in targets.items() if o is None]
         if missing:
             raise errors.LeaderNotAvailableError(f"no leader answered for {missing}; try again")
-        self._transport.group_call("reset_group_offsets", group_id, targets, timeout_s=self._timeout_s)
         return targets
 
     def delete_group(self, group_id: str) -> None:

@@ -45,3 +45,79 @@ def test_errors_are_one_line_and_exit_nonzero(cluster, topic_name):
         assert result.exit_code != 0
         assert "Traceback" not in result.output
         assert result.output.strip().count("\n") <= 3, result.output
+
+
+def group_partitions(cluster, group):
+    described = run(cluster, "groups", "describe", group, "--json")
+    assert described.exit_code == 0, described.output
+    return json.loads(described.stdout)
+
+
+def test_consumer_groups(cluster, topic_name):
+    group = f"g-{topic_name}"
+    assert run(cluster, "topics", "create", topic_name, "--partitions", "2").exit_code == 0
+    # keyed (murmur2, as Kafka): a, b, c, e -> partition 0; d, f -> partition 1
+    produced = run(cluster, "produce", topic_name, "--key-separator", ":", input="a:1\nb:2\nc:3\nd:4\n")
+    assert produced.exit_code == 0, produced.output
+    consumed = run(cluster, "consume", topic_name, "--group", group, "--from-beginning",
+                   "--max-messages", "4", "--timeout-ms", "15000")
+    assert consumed.exit_code == 0, consumed.output
+    assert sorted(consumed.stdout.split()) == ["1", "2", "3", "4"]
+
+    assert group in run(cluster, "groups", "list").stdout.split()
+    assert group in json.loads(run(cluster, "groups", "list", "--json").stdout)
+    d = group_partitions(cluster, group)
+    assert d["group_id"] == group and d["state"] == "Empty" and d["members"] == []
+    assert {"generation_id", "protocol"} <= set(d)
+    assert d["partitions"] == [
+        {"topic": topic_name, "partition": p, "current_offset": o, "log_end_offset": o, "lag": 0,
+         "consumer_id": None} for p, o in ((0, 3), (1, 1))]
+
+    assert run(cluster, "produce", topic_name, "--key-separator", ":", input="e:5\nf:6\n").exit_code == 0
+    parts = group_partitions(cluster, group)["partitions"]
+    assert [(p["current_offset"], p["log_end_offset"], p["lag"]) for p in parts] == [(3, 4, 1), (1, 2, 1)]
+    table = run(cluster, "groups", "describe", group)
+    assert table.exit_code == 0 and "State: Empty" in table.stdout
+    lines = [line.split() for line in table.stdout.splitlines()]
+    assert lines[1] == ["GROUP", "TOPIC", "PARTITION", "CURRENT-OFFSET", "LOG-END-OFFSET", "LAG",
+                        "CONSUMER-ID"]
+    assert lines[2:] == [[group, topic_name, "0", "3", "4", "1", "-"],
+                         [group, topic_name, "1", "1", "2", "1", "-"]]
+
+    # dry runs: the plan is printed, nothing changes
+    for args, expected in ((["--to-earliest"], [0, 0]), (["--to-latest"], [4, 2]),
+                           (["--to-offset", "1"], [1, 1]), (["--to-timestamp", "1"], [0, 0]),
+                           (["--to-datetime", "2999-01-01T00:00:00Z"], [4, 2])):
+        result = run(cluster, "groups", "reset-offsets", group, "--topic", topic_name, *args, "--json")
+        assert result.exit_code == 0, result.output
+        planned = json.loads(result.stdout)
+        assert planned["executed"] is False and "Dry run" in result.stderr
+        assert [o["new_offset"] for o in planned["offsets"]] == expected, args
+        assert [o["partition"] for o in planned["offsets"]] == [0, 1]
+    result = run(cluster, "groups", "reset-offsets", group, "--topic", topic_name, "--to-earliest")
+    assert result.exit_code == 0 and "Dry run" in result.stderr
+    assert [line.split() for line in result.stdout.splitlines()] == [
+        ["GROUP", "TOPIC", "PARTITION", "NEW-OFFSET"], [group, topic_name, "0", "0"],
+        [group, topic_name, "1", "0"]]
+    assert [p["current_offset"] for p in group_partitions(cluster, group)["partitions"]] == [3, 1]
+
+    executed = run(cluster, "groups", "reset-offsets", group, "--topic", topic_name, "--to-earliest",
+                   "--execute")
+    assert executed.exit_code == 0 and "Dry run" not in executed.output
+    parts = group_partitions(cluster, group)["partitions"]
+    assert [(p["current_offset"], p["lag"]) for p in parts] == [(0, 4), (0, 2)]
+    # the group resumes from its committed offsets (no --from-beginning needed)
+    again = run(cluster, "consume", topic_name, "--group", group, "--max-messages", "6",
+                "--timeout-ms", "15000")
+    assert sorted(again.stdout.split()) == ["1", "2", "3", "4", "5", "6"]
+
+    assert run(cluster, "groups", "delete", group).exit_code == 0
+    assert group not in run(cluster, "groups", "list").stdout.split()
+    for args in (["groups", "describe", group], ["groups", "delete", group],
+                 ["groups", "reset-offsets", group, "--topic", topic_name],
+                 ["groups", "reset-offsets", group, "--topic", topic_name, "--to-earliest",
+                  "--to-offset", "3"]):
+        result = run(cluster, *args)
+        assert result.exit_code != 0 and result.stdout == "", args
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert "Traceback" not in result.stderr

@@ -58,3 +58,40 @@ def test_cli_help_subprocess() -> None:
     assert proc.returncode == 0, proc.stderr
     assert "Usage:" in proc.stdout
     assert "--version" in proc.stdout
+
+
+def test_groups_describe_shows_owners_and_uncommitted_partitions(monkeypatch) -> None:
+    """Partitions assigned but never committed appear with "-"; CONSUMER-ID is the owning member."""
+    import json
+
+    import raystream.cli_groups as cli_groups
+    from raystream.protocol import GroupDescription, TopicPartition
+
+    t0, t1, t2 = (TopicPartition("orders", p) for p in range(3))
+    description = GroupDescription(
+        "g", "Stable", 3,
+        [{"member_id": "m-1", "group_instance_id": None, "client_id": "c", "topics": ["orders"],
+          "assignment": [t0, t1]},
+         {"member_id": "m-2", "group_instance_id": None, "client_id": "c", "topics": ["orders"],
+          "assignment": [t2]}],
+        {t0: 5, t2: 7}, {t0: 2, t2: None}, "range")
+
+    class FakeAdmin:
+        def describe_group(self, group_id):
+            assert group_id == "g"
+            return description
+
+    monkeypatch.setattr(cli_groups, "connect", lambda ctx: None)
+    monkeypatch.setattr(raystream, "Admin", FakeAdmin)
+    result = CliRunner().invoke(main, ["groups", "describe", "g"])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0].split("\t") == ["Group: g", "State: Stable", "Generation: 3", "Protocol: range", "Members: 2"]
+    assert [line.split() for line in lines[2:]] == [["g", "orders", "0", "5", "7", "2", "m-1"],
+                                                    ["g", "orders", "1", "-", "-", "-", "m-1"],
+                                                    ["g", "orders", "2", "7", "-", "-", "m-2"]]
+    parsed = json.loads(CliRunner().invoke(main, ["groups", "describe", "g", "--json"]).stdout)
+    assert parsed["state"] == "Stable" and parsed["generation_id"] == 3 and parsed["protocol"] == "range"
+    assert parsed["members"][1]["assignment"] == [{"topic": "orders", "partition": 2}]
+    assert parsed["partitions"][1] == {"topic": "orders", "partition": 1, "current_offset": None,
+                                       "log_end_offset": None, "lag": None, "consumer_id": "m-1"}
