@@ -40,7 +40,7 @@ import ray.exceptions as rex
 
 from raystream.config import TopicConfig
 from raystream.core.election import Election, elect_leader, fence_dead_followers, replacement_broker
-from raystream.core.metadata import ClusterMetadata
+from raystream.core.metadata import ClusterMetadata, TopicState
 from raystream.protocol import PartitionState, Role
 
 log = logging.getLogger(__name__)
@@ -362,6 +362,7 @@ class FailoverMixin:
             for state in topic.partitions.values():
                 for b in state.replicas:
                     load[b] = load.get(b, 0) + 1
+        moved: list[tuple[TopicState, int]] = []
         for dead in sorted(overdue):
             for topic in list(self.metadata.topics.values()):
                 for p in sorted(topic.partitions):
@@ -381,5 +382,8 @@ class FailoverMixin:
                     self._last_heard.pop((topic.name, p, dead), None)
                     self._dead_replicas.discard((topic.name, p, dead))
                     self._last_heard[(topic.name, p, new)] = now
-                    await self._ensure_replicas(topic, [p], only_missing=True)
-                    await self._notify_partition(topic.partitions[p])
+                    moved.append((topic, p))
+        # Every decision is recorded; now start the new replicas and tell each partition, all at once
+        # (a dead broker may have held hundreds of replicas).
+        await asyncio.gather(*(self._ensure_replicas(topic, [p], only_missing=True) for topic, p in moved))
+        await asyncio.gather(*(self._notify_partition(topic.partitions[p]) for topic, p in moved))

@@ -119,6 +119,7 @@ def finish(workload, topic, partitions=4):
     workload.stop()
     assert not workload.errors, workload.errors
     check(workload.history, read_everything(topic, partitions))
+    rs.Admin().delete_topic(topic)  # keep the shared cluster light for the next scenario
 
 
 def test_chase_the_leader_across_node_kills(four_nodes, wait_for):
@@ -227,11 +228,12 @@ def test_follower_with_corrupt_tail_recovers_and_resyncs(four_nodes, wait_for):
         h.event(f"corrupted and truncated {segment.name} of broker {follower} ({size} bytes)")
         ray.get(handle.controller.start.remote())  # re-creates the missing replica: it recovers its log
         wait_for(lambda: follower in pstate(handle, "torn", p).isr, timeout_s=60, message="ISR rejoin")
-        finish(w, "torn")
+        w.stop()
         leader = ray.get_actor(replica_actor_name(CLUSTER, "torn", p, s.leader), namespace=ACTOR_NAMESPACE)
         actor = ray.get_actor(replica_actor_name(CLUSTER, "torn", p, follower), namespace=ACTOR_NAMESPACE)
         wait_for(lambda: ray.get(actor.describe.remote())["log_end_offset"]
                  == ray.get(leader.describe.remote())["log_end_offset"], message="follower caught up")
+        finish(w, "torn")
 
 
 def test_lost_replica_directory_resyncs_instead_of_serving_empty_data(four_nodes, wait_for):
@@ -254,8 +256,8 @@ def test_lost_replica_directory_resyncs_instead_of_serving_empty_data(four_nodes
         h.event(f"leader moved {victim} -> {new.leader}; isr {new.isr}")
         wait_acks(h, wait_for, p, t, message="acks after the lost disk")
         wait_full_isr(handle, wait_for, "disk", 4)
+        assert os.path.isdir(directory)  # re-created and re-synced
         finish(w, "disk")
-        assert os.path.isdir(directory)
 
 
 def test_re_replication_restores_the_replication_factor(four_nodes, wait_for):
