@@ -287,13 +287,19 @@ class PartitionReplica:
 
     # -- fetch ---------------------------------------------------------------------------------------------
     async def fetch(self, offset: int, max_bytes: int, max_wait_ms: int, min_bytes: int,
-                    columns: list[str] | None = None, leader_epoch: int | None = None) -> FetchResult:
-        """Long-poll read for consumers: waits up to ``max_wait_ms`` for ``min_bytes`` below the HW."""
+                    columns: list[str] | None = None, leader_epoch: int | None = None,
+                    row_filter: Any = None) -> FetchResult:
+        """Long-poll read for consumers: waits up to ``max_wait_ms`` for ``min_bytes`` below the HW.
+        ``columns`` (projection) and ``row_filter`` (a ``pyarrow.compute.Expression``) are applied here, so
+        unselected columns and rows never cross Ray; ``next_offset`` still moves past filtered-out rows."""
         await self._ensure_role()
         self.state.check_leader(leader_epoch)
         if columns is not None:
             columns = [OFFSET_COLUMN, TIMESTAMP_COLUMN] + [c for c in columns if c not in
                                                           (OFFSET_COLUMN, TIMESTAMP_COLUMN)]
+        # A filter may name columns outside the projection: read them all (zero-copy views), filter, then
+        # project.
+        read_columns = None if row_filter is not None else columns
         deadline = time.monotonic() + max_wait_ms / 1000
         while True:
             hw = self.state.high_watermark
@@ -306,20 +312,29 @@ class PartitionReplica:
                     f"offset {offset} out of range for {self.topic}-{self.partition}: "
                     f"log_start_offset={self.log.log_start_offset}, log_end_offset={leo}, high_watermark={hw}",
                     offset=offset, log_start_offset=self.log.log_start_offset, log_end_offset=leo)
-            batches = self.log.read(offset, max_bytes, max_offset=hw, columns=columns) if offset < hw else []
+            batches = self.log.read(offset, max_bytes, max_offset=hw, columns=read_columns) if offset < hw else []
+            next_offset = batches[-1].column(0)[-1].as_py() + 1 if batches else offset
+            if row_filter is not None:
+                batches = self._filter(batches, row_filter, columns)
             size = sum(b.get_total_buffer_size() for b in batches)
             remaining = deadline - time.monotonic()
             if size >= min_bytes or remaining <= 0:
                 break
             await self._wait("hw", remaining)
             self.state.check_leader(leader_epoch)
-        next_offset = offset
-        if batches:
-            next_offset = batches[-1].column(0)[-1].as_py() + 1
         # The batches are zero-copy views of segment files; Ray serialises them into the object store as
         # this coroutine returns. Only a follower truncates its log, and fetch is served by leaders, so the
         # views stay valid (a demotion racing this return is the one window; see storage.segment).
         return FetchResult(batches, hw, self.log.log_start_offset, self.log.log_end_offset, next_offset, size)
+
+    def _filter(self, batches: list[pa.RecordBatch], row_filter: Any, columns: list[str] | None
+                ) -> list[pa.RecordBatch]:
+        try:
+            out = [b.filter(row_filter) for b in batches]
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, TypeError) as exc:
+            raise ValueError(f"filter {row_filter} cannot be applied to {self.topic}-{self.partition}: {exc}") \
+                from None
+        return out if columns is None else [b.select(columns) for b in out]
 
     async def list_offset(self, spec: int) -> int:
         await self._ensure_role()

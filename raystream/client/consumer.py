@@ -22,6 +22,7 @@ from concurrent.futures import Future
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from raystream.client import context
 from raystream.client.base import BaseTransport
@@ -331,6 +332,7 @@ class Consumer:
         if max_records is not None:
             _check_int("max_records", max_records, 1)
         self._fetcher.columns = {}
+        self._fetcher.row_filter = None
         records: list[Record] = []
         for tp, batch in self._poll(timeout, max_records or self.max_poll_records):
             meta = self._metadata.get(tp.topic)
@@ -338,15 +340,20 @@ class Consumer:
         return records
 
     def poll_arrow(self, timeout: float = 1.0, columns: list[str] | None = None,
-                   max_records: int | None = None) -> pa.Table:
+                   max_records: int | None = None, filter: Any = None) -> pa.Table:  # noqa: A002 - SPEC name
         """The buffered records as one ``pyarrow.Table`` — ``topic`` (dictionary-encoded), ``partition``
         (int32), ``offset``, ``timestamp`` (int64 ms), then the user columns (``columns``: a selection,
         fetched alone from the partitions; None: all). Returns every buffered row unless ``max_records``
-        caps it (``max_poll_records`` does not apply: the fetch sizes bound it)."""
+        caps it (``max_poll_records`` does not apply: the fetch sizes bound it). ``filter``: a
+        ``pyarrow.compute.Expression`` over the user columns (and ``_offset`` / ``_timestamp``), evaluated
+        inside the partition replicas, so rows it rejects never cross Ray; positions still move past them."""
         self._check_open()
         timeout = _check_timeout("timeout", timeout)
         if max_records is not None:
             _check_int("max_records", max_records, 1)
+        if filter is not None and not isinstance(filter, pc.Expression):
+            raise TypeError(f"filter must be a pyarrow.compute.Expression, got {type(filter).__name__}")
+        self._fetcher.row_filter = filter
         selection = self._selection(columns)
         metas = {tp.topic: self._metadata.get(tp.topic) for tp in self._fetcher.states}
         self._fetcher.columns = ({} if selection is None else

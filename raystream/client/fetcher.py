@@ -26,6 +26,7 @@ import time
 from collections import deque
 from collections.abc import Iterable
 from concurrent.futures import Future
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -48,9 +49,12 @@ class _Fetched:
     batches: deque[pa.RecordBatch]
     next_offset: int
     columns: tuple[str, ...] | None  # user columns it carries (None: all)
+    row_filter: Any = None  # the filter the replica applied (None: every row)
 
-    def covers(self, wanted: tuple[str, ...] | None) -> bool:
-        return self.columns is None or (wanted is not None and set(wanted) <= set(self.columns))
+    def covers(self, wanted: tuple[str, ...] | None, row_filter: Any = None) -> bool:
+        same_rows = (row_filter is None and self.row_filter is None) or (
+            row_filter is not None and self.row_filter is not None and row_filter.equals(self.row_filter))
+        return same_rows and (self.columns is None or (wanted is not None and set(wanted) <= set(self.columns)))
 
 
 @dataclasses.dataclass(eq=False)
@@ -60,6 +64,7 @@ class _InFlight:
     epoch: int
     columns: tuple[str, ...] | None
     deadline: float
+    row_filter: Any = None
 
 
 @dataclasses.dataclass(eq=False)
@@ -95,6 +100,7 @@ class Fetcher:
         self.backoff_s = retry_backoff_ms / 1000
         self.states: dict[TopicPartition, PartitionState] = {}
         self.columns: dict[str, tuple[str, ...] | None] = {}  # per topic, for new fetches
+        self.row_filter: Any = None  # a pyarrow.compute.Expression for new fetches (poll_arrow's filter)
         self._error: BaseException | None = None
         self._rotation = 0
         self._idle = threading.Event()  # waited on when nothing is in flight
@@ -232,10 +238,12 @@ class Fetcher:
                 continue
             offset = state.buffer[-1].next_offset if state.buffer else state.position
             columns = self.columns.get(state.tp.topic)
-            future = self.transport.fetch(state.tp, leader[0], offset, self.max_bytes, self.max_wait_ms,
-                                          self.min_bytes, None if columns is None else list(columns), leader[1])
+            args = (state.tp, leader[0], offset, self.max_bytes, self.max_wait_ms, self.min_bytes,
+                    None if columns is None else list(columns), leader[1])
+            future = (self.transport.fetch(*args) if self.row_filter is None
+                      else self.transport.fetch(*args, row_filter=self.row_filter))
             state.inflight = _InFlight(future, offset, state.epoch, columns,
-                                       now + self.max_wait_ms / 1000 + self.request_timeout_s)
+                                       now + self.max_wait_ms / 1000 + self.request_timeout_s, self.row_filter)
 
     def collect(self) -> None:
         """Take in finished fetches; raise an error kept for the user (once)."""
@@ -273,7 +281,8 @@ class Fetcher:
                 if not batches[0].num_rows:
                     batches.popleft()
         if batches or result.next_offset > request.offset:
-            state.buffer.append(_Fetched(batches, max(result.next_offset, request.offset), request.columns))
+            state.buffer.append(_Fetched(batches, max(result.next_offset, request.offset), request.columns,
+                                         request.row_filter))
 
     def _on_error(self, state: PartitionState, request: _InFlight, exc: BaseException, now: float) -> None:
         if isinstance(exc, OffsetOutOfRangeError):
@@ -325,7 +334,7 @@ class Fetcher:
             wanted = self.columns.get(state.tp.topic)
             while state.buffer and (remaining is None or remaining > 0):
                 fetched = state.buffer[0]
-                if not fetched.covers(wanted):
+                if not fetched.covers(wanted, self.row_filter):
                     state.invalidate()
                     break
                 if fetched.batches:

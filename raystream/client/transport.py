@@ -181,9 +181,9 @@ class RayTransport(BaseTransport):
 
     def fetch(self, tp: TopicPartition, broker_id: int, offset: int, max_bytes: int, max_wait_ms: int,
               min_bytes: int, columns: list[str] | None = None,
-              leader_epoch: int | None = None) -> Future[FetchResult]:
+              leader_epoch: int | None = None, row_filter: Any = None) -> Future[FetchResult]:
         return self._submit(tp, broker_id, "fetch", offset, max_bytes, max_wait_ms, min_bytes, columns,
-                            leader_epoch)
+                            leader_epoch, row_filter)
 
     def list_offset(self, tp: TopicPartition, broker_id: int, spec: int) -> Future[int]:
         return self._submit(tp, broker_id, "list_offset", spec)

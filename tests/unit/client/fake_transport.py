@@ -341,7 +341,8 @@ class FakeTransport(BaseTransport):
         return out, next_offset
 
     def fetch(self, tp: TopicPartition, broker_id: int, offset: int, max_bytes: int, max_wait_ms: int,
-              min_bytes: int, columns: list[str] | None = None, leader_epoch: int | None = None) -> Future:
+              min_bytes: int, columns: list[str] | None = None, leader_epoch: int | None = None,
+              row_filter: Any = None) -> Future:
         with self.lock:
             self.calls.append(("fetch", tp, broker_id, offset, columns))
             try:
