@@ -32,10 +32,14 @@ def __getattr__(name: str):
         from raystream import client
 
         return getattr(client, name)
+    if name == "data":  # Ray Data integration: imports ray.data, so only on first use
+        import importlib
+
+        return importlib.import_module("raystream.data")
     raise AttributeError(f"module 'raystream' has no attribute {name!r}")
 
 
 __all__ = [
     "Admin", "BatchMetadata", "Consumer", "GroupDescription", "PartitionInfo", "Producer", "Record", "RecordMetadata",
-    "TopicDescription", "TopicPartition", "current", "errors", "init", "shutdown",
+    "TopicDescription", "TopicPartition", "current", "data", "errors", "init", "shutdown",
 ]
