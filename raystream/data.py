@@ -33,10 +33,10 @@ from ray.data import Datasink, Datasource, ReadTask
 from ray.data.block import BlockAccessor, BlockMetadata
 
 from raystream import errors
-from raystream.client.convert import arrow_table, output_schema, to_arrow, user_schema
+from raystream.client.convert import arrow_table, output_schema, requested_columns, to_arrow, user_schema
 from raystream.client.transport import RayTransport
 from raystream.protocol import EARLIEST, LATEST, TopicMetadata, TopicPartition
-from raystream.storage.batch import OFFSET_COLUMN, SYSTEM_COLUMNS
+from raystream.storage.batch import OFFSET_COLUMN
 
 #: A read task is never planned smaller than this many offsets unless ``rows_per_task`` asks for it.
 _MIN_ROWS_PER_TASK = 50_000
@@ -331,14 +331,9 @@ def read_topic(topic: str, start: Any = "earliest", end: Any = "latest", columns
 
 
 def _selection(meta: TopicMetadata, columns: Any) -> tuple[str, ...] | None:
-    if columns is None:
+    wanted = requested_columns(columns)
+    if wanted is None:
         return None
-    if isinstance(columns, str) or not isinstance(columns, Iterable):
-        raise TypeError("columns must be a list of column names or None")
-    columns = list(columns)
-    if not all(isinstance(c, str) for c in columns):
-        raise TypeError("columns must be a list of column names")
-    wanted = tuple(dict.fromkeys(c for c in columns if c not in _SYSTEM_OUTPUT_NAMES and c not in SYSTEM_COLUMNS))
     names = user_schema(meta).names
     unknown = [c for c in wanted if c not in names]
     if unknown:

@@ -27,9 +27,9 @@ import pyarrow.compute as pc
 from raystream.client import context
 from raystream.client.base import BaseTransport
 from raystream.client.convert import (
-    SYSTEM_OUTPUT_FIELDS,
     arrow_table,
     output_schema,
+    requested_columns,
     to_arrow,
     to_records,
     user_schema,
@@ -40,12 +40,11 @@ from raystream.client.metadata import MetadataCache
 from raystream.core.assignors import ASSIGNORS
 from raystream.errors import ClosedError, RaystreamError, RequestTimeoutError, UnknownTopicOrPartitionError
 from raystream.protocol import EARLIEST, LATEST, Record, TopicPartition
-from raystream.storage.batch import OFFSET_COLUMN, TIMESTAMP_COLUMN
+from raystream.storage.batch import TIMESTAMP_COLUMN
 
 log = logging.getLogger(__name__)
 
 _NO_GROUP = "this needs a consumer with a group_id (Kafka: InvalidGroupIdException)"
-_SYSTEM_NAMES = {f.name for f in SYSTEM_OUTPUT_FIELDS}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -364,15 +363,9 @@ class Consumer:
         return arrow_table(pieces, output_schema(list(metas.values()), selection))
 
     def _selection(self, columns: Any) -> tuple[str, ...] | None:
-        if columns is None:
+        wanted = requested_columns(columns)
+        if wanted is None:
             return None
-        if isinstance(columns, str) or not isinstance(columns, Iterable):
-            raise TypeError("columns must be a list of column names or None")
-        columns = list(columns)
-        if not all(isinstance(c, str) for c in columns):
-            raise TypeError("columns must be a list of column names")
-        wanted = tuple(dict.fromkeys(c for c in columns if c not in _SYSTEM_NAMES
-                                     and c not in (OFFSET_COLUMN, TIMESTAMP_COLUMN)))
         known = set()
         for topic in {tp.topic for tp in self._fetcher.states}:
             known.update(user_schema(self._metadata.get(topic)).names)

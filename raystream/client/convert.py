@@ -8,7 +8,7 @@ front of the user's columns. Pure functions; thread-safe.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -22,6 +22,20 @@ TOPIC_TYPE = pa.dictionary(pa.int32(), pa.string())
 SYSTEM_OUTPUT_FIELDS = [pa.field("topic", TOPIC_TYPE, nullable=False), pa.field("partition", pa.int32(), nullable=False),
                         pa.field("offset", pa.int64(), nullable=False),
                         pa.field("timestamp", pa.int64(), nullable=False)]
+
+
+def requested_columns(columns: Any) -> tuple[str, ...] | None:
+    """The user columns a ``columns=`` argument asks for (system and output columns dropped: they always
+    come), checked for type; None means all."""
+    if columns is None:
+        return None
+    if isinstance(columns, str) or not isinstance(columns, Iterable):
+        raise TypeError("columns must be a list of column names or None")
+    columns = list(columns)
+    if not all(isinstance(c, str) for c in columns):
+        raise TypeError("columns must be a list of column names")
+    output = {f.name for f in SYSTEM_OUTPUT_FIELDS}
+    return tuple(dict.fromkeys(c for c in columns if c not in output and c not in SYSTEM_COLUMNS))
 
 
 def user_schema(meta: TopicMetadata) -> pa.Schema:
