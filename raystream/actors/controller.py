@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
+import pyarrow as pa
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -35,6 +36,7 @@ from raystream.core.placement import assign_replicas
 from raystream.errors import (
     FencedLeaderEpochError,
     InvalidPartitionsError,
+    SchemaMismatchError,
     TopicAlreadyExistsError,
     UnknownTopicOrPartitionError,
 )
@@ -48,6 +50,8 @@ from raystream.protocol import (
     controller_actor_name,
     replica_actor_name,
 )
+from raystream.storage.records import check_user_schema
+from raystream.storage.schema_evolution import compatibility_problems
 
 log = logging.getLogger(__name__)
 METADATA_DIR = "__controller"
@@ -202,7 +206,7 @@ class Controller(FailoverMixin, GroupCoordinatorMixin):
             num_cpus=0, max_restarts=-1, max_task_retries=0,
             scheduling_strategy=NodeAffinitySchedulingStrategy(broker.node_id, soft=False),
         ).remote(self.cluster, topic, partition, broker_id, log_dir, state.config, state.schema,
-                 state.key_column, controller_actor_name(self.cluster), vars(self.broker_config))
+                 state.key_column, controller_actor_name(self.cluster), vars(self.broker_config), state.schema_id)
 
     async def _ensure_replicas(self, topic: TopicState, partitions: list[int] | None = None,
                                only_missing: bool = False) -> None:
@@ -311,6 +315,35 @@ class Controller(FailoverMixin, GroupCoordinatorMixin):
                      if self.metadata.brokers[b].alive]
             await asyncio.gather(*calls, return_exceptions=True)
             return merged
+
+    async def alter_topic_schema(self, name: str, schema_bytes: bytes) -> TopicMetadata:
+        """Evolve an Arrow-native topic's schema (rules: ``raystream.storage.schema_evolution``): recorded,
+        then every replica switches; old batches stay readable, read in the new schema."""
+        new = pa.ipc.read_schema(pa.py_buffer(schema_bytes))
+        check_user_schema(new)
+        async with self._lock_():
+            topic = self._topic(name)
+            if topic.schema is None:
+                raise SchemaMismatchError(f"topic {name!r} has no schema to evolve (a record topic)", fields=[])
+            old = pa.ipc.read_schema(pa.py_buffer(topic.schema))
+            problems = compatibility_problems(old, new)
+            if topic.key_column and topic.key_column not in new.names:
+                problems.append(f"key column {topic.key_column!r} must stay")
+            if problems:
+                raise SchemaMismatchError(f"incompatible schema for {name!r}: " + "; ".join(problems),
+                                          fields=problems)
+            if old.equals(new):
+                return topic.to_metadata()
+            schema_id = topic.schema_id + 1
+            self._record({"t": "schema", "name": name, "schema": schema_bytes, "schema_id": schema_id})
+            calls = [self._replica_handle(name, s.partition, b, create=False).update_schema.remote(
+                schema_bytes, schema_id) for s in topic.partitions.values() for b in s.replicas
+                if self.metadata.brokers[b].alive]
+            results = await asyncio.gather(*calls, return_exceptions=True)
+            failed = [r for r in results if isinstance(r, BaseException)]
+            if failed:  # a replica that missed it switches when it is re-created (schema_id at start-up)
+                log.warning("%s: %d replica(s) did not take schema %d: %s", name, len(failed), schema_id, failed[0])
+            return topic.to_metadata()
 
     def _topic(self, name: str) -> TopicState:
         topic = self.metadata.topics.get(name)

@@ -58,6 +58,7 @@ from raystream.protocol import (
 from raystream.storage.batch import OFFSET_COLUMN, TIMESTAMP_COLUMN
 from raystream.storage.cleaner import compact
 from raystream.storage.log import Log
+from raystream.storage.schema_evolution import compatibility_problems, evolve
 
 log = logging.getLogger(__name__)
 _SHARED_REFS_MAX = 4
@@ -94,7 +95,7 @@ def _keep_pandas_out() -> None:
 class PartitionReplica:
     def __init__(self, cluster: str, topic: str, partition: int, broker_id: int, log_dir: str,
                  config: dict[str, Any], schema_bytes: bytes | None, key_column: str | None,
-                 controller_name: str, broker_config: dict[str, Any]) -> None:
+                 controller_name: str, broker_config: dict[str, Any], schema_id: int = 0) -> None:
         _keep_pandas_out()
         logs.configure()
         self.cluster, self.topic, self.partition, self.broker_id = cluster, topic, partition, broker_id
@@ -104,6 +105,9 @@ class PartitionReplica:
         reconstructed = ray.get_runtime_context().was_current_actor_reconstructed
         lost_data = reconstructed and not os.path.isdir(log_dir)  # a lost disk: must not lead or count as ISR
         self.log = Log(log_dir, TopicConfig.from_dict(config), schema=schema, key_column=key_column or "key")
+        self.schema_id = schema_id  # of the topic's current schema (0: never evolved)
+        if schema is not None and schema_id > 0 and not self.log.schema.equals(schema):
+            self.log.change_schema(schema)  # evolved while this replica was down
         self.producers = ReplicaProducerState(self.log, self.name)  # idempotence: snapshot + replay on open
         self.state = PartitionState(self.name, broker_id)
         self.state.high_watermark = self.log.high_watermark
@@ -255,8 +259,9 @@ class PartitionReplica:
                                    duplicate.last_offset - duplicate.base_offset + 1, duplicate.timestamp)
             last_offset = duplicate.last_offset
         else:
-            info = self.log.append(batch, leader_epoch=self.state.leader_epoch, producer_id=producer_id,
-                                   producer_epoch=producer_epoch, base_sequence=base_sequence)
+            info = self.log.append(self._current_schema(batch), leader_epoch=self.state.leader_epoch,
+                                   producer_id=producer_id, producer_epoch=producer_epoch,
+                                   base_sequence=base_sequence, schema_id=self.schema_id)
             self.producers.record(info.header)
             self._signal("data")
             self._advance_high_watermark()
@@ -471,6 +476,28 @@ class PartitionReplica:
 
     async def update_config(self, config: dict[str, Any]) -> None:
         self.log.config = TopicConfig.from_dict(config)
+
+    async def update_schema(self, schema_bytes: bytes, schema_id: int) -> None:
+        """The topic's schema evolved (the controller checked compatibility): new appends use it; older
+        batches are read in it (``Log.read``)."""
+        if schema_id >= self.schema_id:
+            self.log.change_schema(pa.ipc.read_schema(pa.py_buffer(schema_bytes)))
+            self.schema_id = schema_id
+
+    def _current_schema(self, batch: pa.RecordBatch | pa.Table) -> pa.RecordBatch | pa.Table:
+        """A producer whose metadata predates a schema change may still send the previous schema: batches
+        of an older, compatible schema are brought to the current one rather than refused."""
+        if self.schema_id == 0 or batch.schema.equals(self.log.schema):
+            return batch
+        user = pa.schema([f for f in batch.schema if f.name != TIMESTAMP_COLUMN])
+        if compatibility_problems(user, self.log.schema):
+            return batch  # Log.append names every differing field (SchemaMismatchError)
+        if isinstance(batch, pa.Table):
+            batch = batch.combine_chunks().to_batches()[0] if batch.num_rows else batch
+        evolved = evolve(batch.select(user.names), self.log.schema)
+        if TIMESTAMP_COLUMN in batch.schema.names:
+            evolved = evolved.append_column(batch.schema.field(TIMESTAMP_COLUMN), batch.column(TIMESTAMP_COLUMN))
+        return evolved
 
     async def ping(self) -> int:
         return self.broker_id

@@ -99,6 +99,17 @@ class Admin:
             raise TypeError("config must be a mapping")
         self._transport.alter_topic_config(name, config, timeout_s=self._timeout_s)
 
+    def alter_topic_schema(self, name: str, schema: pa.Schema) -> None:
+        """Evolve an Arrow-native topic's schema: add nullable columns, widen types (int32 → int64, ...).
+        Old batches stay readable and come back in the new schema (added columns null). An incompatible
+        change raises SchemaMismatchError naming each field."""
+        self._check_open()
+        _check_name(name)
+        if not isinstance(schema, pa.Schema):
+            raise TypeError(f"schema must be a pyarrow.Schema, got {type(schema).__name__}")
+        check_user_schema(schema)
+        self._transport.alter_topic_schema(name, schema.serialize().to_pybytes(), timeout_s=self._timeout_s)
+
     def create_partitions(self, name: str, total: int) -> None:
         """Grow the topic to ``total`` partitions (Kafka cannot shrink a topic, nor can we)."""
         self._check_open()

@@ -60,6 +60,10 @@ class BaseTransport(abc.ABC):
     @abc.abstractmethod
     def create_partitions(self, name: str, total: int, timeout_s: float | None = None) -> Any: ...
 
+    def alter_topic_schema(self, name: str, schema_bytes: bytes, timeout_s: float | None = None) -> Any:
+        """Evolve an Arrow-native topic's schema (transports without it raise NotImplementedError)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot alter schemas")
+
     @abc.abstractmethod
     def init_producer_id(self, timeout_s: float | None = None) -> tuple[int, int]:
         """A new idempotent-producer id from the controller: ``(producer_id, producer_epoch)``."""

@@ -37,7 +37,12 @@ from raystream.client.metadata import MetadataCache
 from raystream.client.sender import Sender
 from raystream.client.serde import RECORD_OVERHEAD_BYTES, normalize_headers, record_size, row_size, serialize
 from raystream.core.partitioner import partition_for_key
-from raystream.errors import ClosedError, RecordTooLargeError, UnknownTopicOrPartitionError
+from raystream.errors import (
+    ClosedError,
+    RecordTooLargeError,
+    SchemaMismatchError,
+    UnknownTopicOrPartitionError,
+)
 from raystream.protocol import TopicMetadata, TopicPartition
 
 log = logging.getLogger(__name__)
@@ -222,6 +227,8 @@ class Producer:
         self._check_open()
         if not isinstance(topic, str) or not topic:
             raise TypeError(f"topic must be a non-empty str, got {topic!r}")
+        if isinstance(table, list) or type(table).__name__ == "DataFrame":
+            table = self._table_from_rows(topic, table)
         if isinstance(table, pa.RecordBatch):
             table = pa.Table.from_batches([table])
         if not isinstance(table, pa.Table):
@@ -252,6 +259,17 @@ class Producer:
             partitions = self._acc.pick_partition(meta)
         pieces = split_by_partition(data, partitions, self.max_request_size)
         return BatchFuture([self._acc.append_arrow(TopicPartition(topic, p), piece) for p, piece in pieces])
+
+    def _table_from_rows(self, topic: str, rows: Any) -> pa.Table:
+        """A pandas DataFrame or a list of dicts as a table of the topic's schema (a mismatch is the
+        SchemaMismatchError send_batch raises anyway, naming the fields)."""
+        schema = self._metadata.get(topic, timeout_s=self.max_block_ms / 1000).schema
+        try:
+            if isinstance(rows, list):
+                return pa.Table.from_pylist(rows, schema=schema)
+            return pa.Table.from_pandas(rows, schema=schema, preserve_index=False)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, KeyError) as exc:
+            raise SchemaMismatchError(f"rows do not fit the schema of {topic!r}: {exc}", fields=[]) from None
 
     def _partitions_for(self, meta: TopicMetadata, keys: pa.ChunkedArray) -> np.ndarray:
         parts = key_partitions(keys, len(meta.partitions))

@@ -116,6 +116,9 @@ class RayTransport(BaseTransport):
     def create_partitions(self, name: str, total: int, timeout_s: float | None = None) -> Any:
         return self._call("create_partitions", name, total, timeout_s=timeout_s)
 
+    def alter_topic_schema(self, name: str, schema_bytes: bytes, timeout_s: float | None = None) -> Any:
+        return self._call("alter_topic_schema", name, schema_bytes, timeout_s=timeout_s)
+
     def init_producer_id(self, timeout_s: float | None = None) -> tuple[int, int]:
         producer_id, producer_epoch = self._call("init_producer_id", timeout_s=timeout_s)
         return int(producer_id), int(producer_epoch)

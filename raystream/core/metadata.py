@@ -12,6 +12,7 @@ Record types::
     partition   {topic, p, leader, epoch, isr, pe[, replicas]}
                                                       leader / ISR / replica set change (pe: partition epoch)
     config      {name, config}                        topic config replaced
+    schema      {name, schema, schema_id}             an Arrow-native topic's schema evolved
     delete      {name}                                topic deleted
     producer_ids {next}                               producer ids below ``next`` are handed out (or reserved)
 
@@ -33,6 +34,7 @@ class TopicState:
     schema: bytes | None
     key_column: str | None
     partitions: dict[int, PartitionState]
+    schema_id: int = 0  # bumped by every schema evolution
 
     def to_metadata(self) -> TopicMetadata:
         parts = tuple(self.partitions[p] for p in sorted(self.partitions))
@@ -69,6 +71,9 @@ class ClusterMetadata:
                 partition_epoch=record["pe"], replicas=tuple(record.get("replicas", old.replicas)))
         elif kind == "config":
             self.topics[record["name"]].config = dict(record["config"])
+        elif kind == "schema":
+            topic = self.topics[record["name"]]
+            topic.schema, topic.schema_id = record["schema"], record["schema_id"]
         elif kind == "delete":
             self.topics.pop(record["name"], None)
         elif kind == "producer_ids":

@@ -61,6 +61,7 @@ from raystream.storage.batch import (
 from raystream.storage.epoch_cache import LeaderEpochCache
 from raystream.storage.files import fsync_dir, read_state, write_state
 from raystream.storage.records import RECORD_SCHEMA, check_batch_schema, check_user_schema
+from raystream.storage.schema_evolution import evolve
 from raystream.storage.segment import DATA_SUFFIX, LogSegment
 
 log = logging.getLogger(__name__)
@@ -501,7 +502,8 @@ class Log:
              columns: list[str] | None = None) -> list[pa.RecordBatch]:
         """Records in ``[start_offset, max_offset)`` as zero-copy Arrow batches, about ``max_bytes`` in all
         (at least one batch when any record is there). ``columns`` selects (and orders) the columns; only
-        those are touched. ``max_offset`` is exclusive (the high watermark for consumers)."""
+        those are touched. ``max_offset`` is exclusive (the high watermark for consumers). Batches written
+        under an older, compatible schema come back in the current schema (``schema_evolution.evolve``)."""
         with self._lock:
             self._check_open()
             self._check_fetch_offset(start_offset)
@@ -512,12 +514,15 @@ class Log:
             if max_offset is not None and max_offset <= start_offset:
                 return out  # e.g. a fetch above a new leader's (lagging) high watermark
             total = 0
+            target = self.active_segment.schema  # batches of older (compatible) schemas are read as this
             for _, batch in self._iter_batches(start_offset):
                 header, data = batch.header, batch.data
                 if max_offset is not None and header.base_offset >= max_offset:
                     break
                 if data.num_rows == 0:
                     continue
+                if data.schema is not target and not data.schema.equals(target):
+                    data = evolve(data, target)
                 if header.base_offset < start_offset or (max_offset is not None and header.last_offset >= max_offset):
                     data = _slice_offsets(data, start_offset, max_offset)
                     if data.num_rows == 0:
