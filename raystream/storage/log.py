@@ -61,7 +61,7 @@ from raystream.storage.batch import (
 from raystream.storage.epoch_cache import LeaderEpochCache
 from raystream.storage.files import fsync_dir, read_state, write_state
 from raystream.storage.records import RECORD_SCHEMA, check_batch_schema, check_user_schema
-from raystream.storage.schema_evolution import evolve
+from raystream.storage.schema_evolution import compatibility_problems, evolve
 from raystream.storage.segment import DATA_SUFFIX, LogSegment
 
 log = logging.getLogger(__name__)
@@ -521,7 +521,7 @@ class Log:
                     break
                 if data.num_rows == 0:
                     continue
-                if data.schema is not target and not data.schema.equals(target):
+                if data.schema is not target and not data.schema.equals(target) and self._evolvable(data.schema):
                     data = evolve(data, target)
                 if header.base_offset < start_offset or (max_offset is not None and header.last_offset >= max_offset):
                     data = _slice_offsets(data, start_offset, max_offset)
@@ -535,6 +535,16 @@ class Log:
                 out.append(data)
                 total += size
             return out
+
+    def _evolvable(self, schema: pa.Schema) -> bool:
+        """Can batches of ``schema`` be read in the active schema? (A storage-level change_schema may be
+        incompatible; those batches are returned as written.) Cached per schema."""
+        key = (tuple((f.name, str(f.type), f.nullable) for f in schema),
+               tuple((f.name, str(f.type), f.nullable) for f in self.schema))
+        cache = self.__dict__.setdefault("_evolvable_cache", {})
+        if key not in cache:
+            cache[key] = not compatibility_problems(user_schema_of(schema), self.schema)
+        return cache[key]
 
     def _check_columns(self, columns: list[str]) -> list[str]:
         if isinstance(columns, str) or not all(isinstance(c, str) for c in columns):

@@ -279,7 +279,7 @@ def test_argument_errors_are_raised_before_any_remote_call(fake):
             with pytest.raises((TypeError, ValueError)):
                 producer.send(**kwargs)
         with pytest.raises(TypeError):
-            producer.send_batch("t", [{"value": b"x"}])
+            producer.send_batch("t", {"value": [b"x"]})  # a dict is not a table (lists of dicts are)
     assert fake.count("produce") == 0
 
 
