@@ -11,6 +11,7 @@ import sys
 import click
 
 from raystream import __version__
+from raystream.cli_cluster import start, status, stop
 from raystream.cli_groups import groups
 from raystream.cli_perf import perf_test
 from raystream.cli_topics import consume, produce, topics
@@ -35,6 +36,9 @@ main.add_command(produce)
 main.add_command(consume)
 main.add_command(groups)
 main.add_command(perf_test)
+main.add_command(start)
+main.add_command(status)
+main.add_command(stop)
 
 
 @main.command("dump-log")

@@ -121,3 +121,35 @@ def test_consumer_groups(cluster, topic_name):
         assert result.exit_code != 0 and result.stdout == "", args
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
         assert "Traceback" not in result.stderr
+
+
+def test_start_status_stop_on_a_second_cluster(cluster, tmp_path):
+    """start / status --json / stop on another raystream cluster in the same Ray (the shared one stays)."""
+    import raystream as rs
+
+    other = CliRunner()
+    base = ["--cluster", "cli-ops", "--data-dir", str(tmp_path)]
+    try:
+        started = other.invoke(main, [*base, "start"], catch_exceptions=False)
+        assert started.exit_code == 0 and "running with 1 broker" in started.output
+        assert other.invoke(main, [*base, "topics", "create", "ops", "--partitions", "2"]).exit_code == 0
+        assert other.invoke(main, [*base, "produce", "ops"], input="a\nb\n").exit_code == 0
+        assert other.invoke(main, [*base, "consume", "ops", "--group", "g", "--from-beginning",
+                                   "--max-messages", "2"]).exit_code == 0
+        status = json.loads(other.invoke(main, [*base, "status", "--json"]).output)
+        assert status["cluster"] == "cli-ops" and len(status["brokers"]) == 1
+        assert [t["topic"] for t in status["topics"]] == ["ops"]
+        assert all(not p["under_replicated"] and not p["offline"] for p in status["topics"][0]["partitions"])
+        assert status["groups"] == [{"group": "g", "state": "Empty", "members": 0, "lag": 0}]
+        table = other.invoke(main, [*base, "status"])
+        assert table.exit_code == 0 and "Partitions" in table.output and "ops" in table.output
+        stopped = other.invoke(main, [*base, "stop"])
+        assert stopped.exit_code == 0 and str(tmp_path) in stopped.output
+        # the data stays: a new start finds the topic and its records again
+        assert other.invoke(main, [*base, "start"]).exit_code == 0
+        again = json.loads(other.invoke(main, [*base, "status", "--json"]).output)
+        assert [t["topic"] for t in again["topics"]] == ["ops"]
+        assert sum(p["high_watermark"] for p in again["topics"][0]["partitions"]) == 2
+        assert other.invoke(main, [*base, "stop"]).exit_code == 0
+    finally:
+        rs.init(cluster=cluster.cluster, data_dir=cluster.data_dir)  # the session's cluster again
