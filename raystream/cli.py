@@ -14,7 +14,7 @@ from raystream import __version__
 from raystream.cli_cluster import start, status, stop
 from raystream.cli_groups import groups
 from raystream.cli_perf import perf_test
-from raystream.cli_topics import consume, produce, topics
+from raystream.cli_topics import configs, consume, produce, topics
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -32,6 +32,7 @@ def main(ctx: click.Context, address: str | None, cluster: str, data_dir: str | 
 
 
 main.add_command(topics)
+main.add_command(configs)
 main.add_command(produce)
 main.add_command(consume)
 main.add_command(groups)

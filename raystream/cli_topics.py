@@ -6,6 +6,7 @@ cluster via ``auto``). Expected failures print one line on stderr and exit 1.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import sys
@@ -85,15 +86,24 @@ def list_(ctx):
 @topics.command("describe")
 @click.argument("topic", required=False)
 @click.option("--json", "as_json", is_flag=True)
+@click.option("--under-replicated-partitions", "under_replicated", is_flag=True,
+              help="Only partitions whose ISR is smaller than their replica set.")
+@click.option("--unavailable-partitions", "unavailable", is_flag=True, help="Only partitions without a leader.")
 @click.pass_context
 @friendly_errors
-def describe(ctx, topic, as_json):
+def describe(ctx, topic, as_json, under_replicated, unavailable):
     import raystream as rs
 
     connect(ctx)
     admin = rs.Admin()
     for name in [topic] if topic else admin.list_topics():
         d = admin.describe_topic(name)
+        if under_replicated or unavailable:  # kafka-topics: print only the matching partitions
+            parts = [p for p in d.partitions if (under_replicated and len(p.isr) < len(p.replicas))
+                     or (unavailable and p.leader is None)]
+            if not parts:
+                continue
+            d = dataclasses.replace(d, partitions=parts)
         if as_json:
             click.echo(json.dumps({"name": d.name, "config": d.config,
                                    "partitions": [vars(p) for p in d.partitions]}))
@@ -210,3 +220,42 @@ def consume(ctx, topic, from_beginning, max_messages, timeout_ms, print_key, key
                     click.echo(value)
                 seen += 1
     click.echo(f"Processed a total of {seen} messages", err=True)
+
+
+@click.group("configs")
+def configs() -> None:
+    """Describe and alter topic configs (like kafka-configs --entity-type topics)."""
+
+
+@configs.command("describe")
+@click.option("--topic", "topic", required=True, help="The topic (entity name).")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+@friendly_errors
+def configs_describe(ctx, topic, as_json):
+    import raystream as rs
+
+    connect(ctx)
+    config = rs.Admin().describe_topic(topic).config
+    if as_json:
+        click.echo(json.dumps(config))
+        return
+    click.echo(f"Dynamic configs for topic {topic} are:")
+    for key in sorted(config):
+        click.echo(f"  {key}={config[key]}")
+
+
+@configs.command("alter")
+@click.option("--topic", "topic", required=True, help="The topic (entity name).")
+@click.option("--add-config", "add", default="", help="k1=v1,k2=v2 to set.")
+@click.pass_context
+@friendly_errors
+def configs_alter(ctx, topic, add):
+    import raystream as rs
+
+    pairs = tuple(p for p in add.split(",") if p)
+    if not pairs:
+        raise click.ClickException("nothing to alter: pass --add-config k1=v1[,k2=v2]")
+    connect(ctx)
+    rs.Admin().alter_topic_config(topic, parse_configs(pairs))
+    click.echo(f"Completed updating config for topic {topic}.")

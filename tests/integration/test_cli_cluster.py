@@ -31,6 +31,13 @@ def test_topics_produce_consume(cluster, topic_name):
     assert consumed.exit_code == 0
     assert sorted(line for line in consumed.output.splitlines() if ":" in line) == ["a:1", "b:2", "c:3"]
     assert run(cluster, "topics", "alter", topic_name, "--config", "retention.ms=1000").exit_code == 0
+    assert run(cluster, "configs", "alter", "--topic", topic_name, "--add-config",
+               "retention.ms=2000,segment.ms=60000").exit_code == 0
+    configs = json.loads(run(cluster, "configs", "describe", "--topic", topic_name, "--json").output)
+    assert configs["retention.ms"] == 2000 and configs["segment.ms"] == 60000
+    assert "retention.ms=2000" in run(cluster, "configs", "describe", "--topic", topic_name).output
+    assert run(cluster, "configs", "alter", "--topic", topic_name, "--add-config",
+               "retention.ms=1000").exit_code == 0
     assert json.loads(run(cluster, "topics", "describe", topic_name, "--json").output)["config"][
         "retention.ms"] == 1000
     assert run(cluster, "topics", "delete", topic_name).exit_code == 0

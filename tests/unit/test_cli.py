@@ -95,3 +95,35 @@ def test_groups_describe_shows_owners_and_uncommitted_partitions(monkeypatch) ->
     assert parsed["members"][1]["assignment"] == [{"topic": "orders", "partition": 2}]
     assert parsed["partitions"][1] == {"topic": "orders", "partition": 1, "current_offset": None,
                                        "log_end_offset": None, "lag": None, "consumer_id": "m-1"}
+
+
+def test_topics_describe_filters_under_replicated_and_unavailable_partitions(monkeypatch) -> None:
+    import json
+
+    import raystream.cli_topics as cli_topics
+    from raystream.protocol import PartitionInfo, TopicDescription
+
+    parts = [PartitionInfo(0, "a", 1, ["a", "b", "c"], ["a", "b", "c"], 0, 5, 5),
+             PartitionInfo(1, "b", 2, ["a", "b", "c"], ["b"], 0, 3, 3),
+             PartitionInfo(2, None, 3, ["a", "b", "c"], ["c"], 0, -1, -1)]
+
+    class FakeAdmin:
+        def list_topics(self):
+            return ["orders", "healthy"]
+
+        def describe_topic(self, name):
+            return TopicDescription(name, parts if name == "orders" else parts[:1], {}, None)
+
+    monkeypatch.setattr(cli_topics, "connect", lambda ctx: None)
+    monkeypatch.setattr(raystream, "Admin", FakeAdmin)
+
+    def described(*flags):
+        out = CliRunner().invoke(main, ["topics", "describe", "--json", *flags])
+        assert out.exit_code == 0, out.output
+        return [(d["name"], [p["partition"] for p in d["partitions"]]) for d in map(json.loads, out.stdout.split("\n")[:-1])]
+
+    assert described() == [("orders", [0, 1, 2]), ("healthy", [0])]
+    assert described("--under-replicated-partitions") == [("orders", [1, 2])]
+    assert described("--unavailable-partitions") == [("orders", [2])]
+    text = CliRunner().invoke(main, ["topics", "describe", "--under-replicated-partitions"]).stdout
+    assert "Partition: 1" in text and "Partition: 0" not in text and "healthy" not in text
