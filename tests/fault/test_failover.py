@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import ray
+from fault_cluster import multi_node_ray
 from queue_checker import QueueWorkload, check, read_everything
 
 import raystream as rs
@@ -63,23 +64,11 @@ class Nodes:
 
 @pytest.fixture(scope="module")
 def four_nodes(tmp_path_factory):
-    from ray.cluster_utils import Cluster
-
-    if ray.is_initialized():
-        ray.shutdown()
-    dirs = [str(tmp_path_factory.mktemp(f"fo-node{i}")) for i in range(4)]
-    cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 1, "include_dashboard": False, "env_vars": {"RAYSTREAM_DATA_DIR": dirs[0]}})
-    for d in dirs[1:]:
-        cluster.add_node(num_cpus=1, env_vars={"RAYSTREAM_DATA_DIR": d})
-    cluster.wait_for_nodes()
-    ray.init(address=cluster.address, log_to_driver=False)
-    handle = rs.init(cluster=CLUSTER, data_dir=dirs[0], broker_config={
-        "replica.reassignment.delay.ms": REASSIGN_DELAY_MS})
-    yield cluster, handle, Nodes(cluster, handle, dirs)
-    rs.shutdown(stop_cluster=True)
-    ray.shutdown()
-    cluster.shutdown()
+    with multi_node_ray(tmp_path_factory, 4, "fo-node") as (cluster, dirs):
+        handle = rs.init(cluster=CLUSTER, data_dir=dirs[0], broker_config={
+            "replica.reassignment.delay.ms": REASSIGN_DELAY_MS})
+        yield cluster, handle, Nodes(cluster, handle, dirs)
+        rs.shutdown(stop_cluster=True)
 
 
 def pstate(handle, topic, p):

@@ -6,6 +6,7 @@ import time
 
 import pytest
 import ray
+from fault_cluster import multi_node_ray
 
 import raystream as rs
 from raystream.protocol import ACTOR_NAMESPACE, controller_actor_name, replica_actor_name
@@ -16,25 +17,13 @@ CLUSTER = "ft"
 
 @pytest.fixture(scope="module")
 def three_nodes(tmp_path_factory):
-    from ray.cluster_utils import Cluster
-
-    if ray.is_initialized():
-        ray.shutdown()
-    dirs = [str(tmp_path_factory.mktemp(f"node{i}")) for i in range(3)]
-    cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 1, "include_dashboard": False, "env_vars": {"RAYSTREAM_DATA_DIR": dirs[0]}})
-    for d in dirs[1:]:
-        cluster.add_node(num_cpus=1, env_vars={"RAYSTREAM_DATA_DIR": d})
-    cluster.wait_for_nodes()
-    ray.init(address=cluster.address, log_to_driver=False)
-    # These tests watch the leader's own ISR bookkeeping (replica.lag.time.max.ms), so the controller's
-    # faster failure detection is slowed down here; tests/fault/test_failover*.py cover that.
-    handle = rs.init(cluster=CLUSTER, data_dir=dirs[0], broker_config={"replica.lag.time.max.ms": 2000,
-                                                                       "replica.session.timeout.ms": 60000})
-    yield handle, dirs
-    rs.shutdown(stop_cluster=True)
-    ray.shutdown()
-    cluster.shutdown()
+    with multi_node_ray(tmp_path_factory, 3, "node") as (_, dirs):
+        # These tests watch the leader's own ISR bookkeeping (replica.lag.time.max.ms), so the controller's
+        # faster failure detection is slowed down here; tests/fault/test_failover.py covers that.
+        handle = rs.init(cluster=CLUSTER, data_dir=dirs[0], broker_config={"replica.lag.time.max.ms": 2000,
+                                                                           "replica.session.timeout.ms": 60000})
+        yield handle, dirs
+        rs.shutdown(stop_cluster=True)
 
 
 def consume(topic, partition, expected, timeout_s=60):

@@ -281,7 +281,7 @@ def test_request_stuck_on_a_replaced_leader_is_retried_on_the_new_one(fake, make
     old = fake.leader_of(tp)
     fake.hold_produce()  # applied, but the answer never comes back (until release)
     future = producer.send("t", value=b"v")
-    wait_for(lambda: fake.count("produce") == 1, message="the first request")
+    wait_for(lambda: len(fake.held) == 1, message="the first request held (applied, unanswered)")
     fake.holding = False  # the new leader answers
     fake.set_leader(tp, (old + 1) % 3)
     assert future.result(timeout=10).offset == 0
