@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import ray
 from ray.data import Datasink, Datasource, ReadTask
 from ray.data.block import BlockAccessor, BlockMetadata
@@ -160,7 +161,7 @@ def _split(ranges: list[tuple[int, int, int]], rows_per_task: int) -> list[tuple
 
 def _read_range(cluster: str, topic: str, partition: int, start: int, end: int,
                 columns: tuple[str, ...] | None, schema: pa.Schema, fetch_max_bytes: int,
-                retry_timeout_s: float) -> Iterator[pa.Table]:
+                retry_timeout_s: float, row_filter: Any = None) -> Iterator[pa.Table]:
     """Runs in a Ray worker: the records of ``[start, end)`` of one partition, a table per fetch."""
     transport = _connect(cluster)
     tp = TopicPartition(topic, partition)
@@ -180,7 +181,7 @@ def _read_range(cluster: str, topic: str, partition: int, start: int, end: int,
                 leader, epoch = ps.leader, ps.leader_epoch
             try:
                 result = transport.fetch(tp, leader, offset, fetch_max_bytes, 0, 0, fetch_columns,
-                                         epoch).result(timeout=retry_timeout_s)
+                                         epoch, row_filter=row_filter).result(timeout=retry_timeout_s)
             except concurrent.futures.TimeoutError as exc:  # a hung leader: ask the controller again
                 raise errors.LeaderNotAvailableError(f"fetch {tp} at {offset} from broker {leader} timed out") \
                     from exc
@@ -198,7 +199,7 @@ def _read_range(cluster: str, topic: str, partition: int, start: int, end: int,
                 batch = batch.slice(0, int(np.searchsorted(offsets, end)))
             if batch.num_rows:
                 pieces.append(to_arrow(tp, batch, columns))
-        if not result.batches:  # a new leader's high watermark can trail the old one's for a moment
+        if result.next_offset <= offset:  # a new leader's high watermark can trail the old one's for a moment
             if time.monotonic() >= deadline:
                 raise errors.RequestTimeoutError(f"{tp}: no records at offset {offset} below {end} "
                                                  f"(high watermark {result.high_watermark})")
@@ -216,7 +217,7 @@ class TopicDatasource(Datasource):
     def __init__(self, cluster: str, meta: TopicMetadata, ranges: list[tuple[int, int, int]],
                  columns: tuple[str, ...] | None, rows_per_task: int | None = None,
                  fetch_max_bytes: int = DEFAULT_FETCH_MAX_BYTES,
-                 retry_timeout_s: float = DEFAULT_RETRY_TIMEOUT_S) -> None:
+                 retry_timeout_s: float = DEFAULT_RETRY_TIMEOUT_S, row_filter: Any = None) -> None:
         self.cluster = cluster
         self.topic = meta.name
         self.ranges = [r for r in ranges if r[2] > r[1]]
@@ -225,8 +226,10 @@ class TopicDatasource(Datasource):
         self.rows_per_task = rows_per_task
         self.fetch_max_bytes = fetch_max_bytes
         self.retry_timeout_s = retry_timeout_s
-        # Offsets are dense unless the topic is compacted: only then is an offset range's row count unknown.
-        self.exact_counts = "compact" not in str(meta.config.get("cleanup.policy", "delete"))
+        self.row_filter = row_filter
+        # Offsets are dense unless the topic is compacted (or rows are filtered): only then is an offset
+        # range's row count unknown.
+        self.exact_counts = row_filter is None and "compact" not in str(meta.config.get("cleanup.policy", "delete"))
         self.row_bytes = _row_bytes(self.schema)
 
     @property
@@ -253,7 +256,7 @@ class TopicDatasource(Datasource):
         tasks = []
         for partition, start, end in self.plan(parallelism):
             args = (self.cluster, self.topic, partition, start, end, self.columns, self.schema,
-                    self.fetch_max_bytes, self.retry_timeout_s)
+                    self.fetch_max_bytes, self.retry_timeout_s, self.row_filter)
             rows = end - start
             metadata = BlockMetadata(num_rows=rows if self.exact_counts else None,
                                      size_bytes=None if self.row_bytes is None else rows * self.row_bytes,
@@ -278,7 +281,7 @@ def _row_bytes(schema: pa.Schema) -> int | None:
 
 
 def read_topic(topic: str, start: Any = "earliest", end: Any = "latest", columns: list[str] | None = None,
-               cluster: Any = None, *, rows_per_task: int | None = None, override_num_blocks: int | None = None,
+               cluster: Any = None, *, filter: Any = None, rows_per_task: int | None = None, override_num_blocks: int | None = None,
                parallelism: int | None = None, fetch_max_bytes: int = DEFAULT_FETCH_MAX_BYTES,
                retry_timeout_s: float = DEFAULT_RETRY_TIMEOUT_S, **read_args: Any) -> ray.data.Dataset:
     """A :class:`ray.data.Dataset` of the records of ``topic`` in ``[start, end)``, per partition.
@@ -288,7 +291,9 @@ def read_topic(topic: str, start: Any = "earliest", end: Any = "latest", columns
     partition -> offset (only those partitions are read). Offsets are clamped to each partition's
     ``[log_start_offset, high_watermark]`` and fixed now: records produced later are not part of the
     dataset. ``columns`` selects user columns (``topic``, ``partition``, ``offset``, ``timestamp`` are
-    always there); only they leave the partition replicas. ``rows_per_task`` caps the offsets of one read
+    always there); only they leave the partition replicas. ``filter`` (a ``pyarrow.compute.Expression``
+    over the user columns, ``_offset`` and ``_timestamp``) also runs in the replicas: only matching rows
+    leave them, and batches whose min/max statistics exclude it are skipped unread. ``rows_per_task`` caps the offsets of one read
     task (default: split partitions so that the requested parallelism is met); ``override_num_blocks``
     (or the older ``parallelism``) and other ``read_args`` go to :func:`ray.data.read_datasource`.
     ``cluster``: a cluster name or an ``rs.init`` handle (default: the current one)."""
@@ -296,6 +301,8 @@ def read_topic(topic: str, start: Any = "earliest", end: Any = "latest", columns
         raise TypeError(f"topic must be a non-empty str, got {topic!r}")
     if rows_per_task is not None and (not isinstance(rows_per_task, int) or rows_per_task < 1):
         raise ValueError(f"rows_per_task must be an int >= 1, got {rows_per_task!r}")
+    if filter is not None and not isinstance(filter, pc.Expression):
+        raise TypeError(f"filter must be a pyarrow.compute.Expression, got {type(filter).__name__}")
     name = _cluster_name(cluster)
     transport = _connect(name)
     meta = _topic_metadata(transport, topic)
@@ -324,7 +331,8 @@ def read_topic(topic: str, start: Any = "earliest", end: Any = "latest", columns
         cpus = max(int(ray.cluster_resources().get("CPU", 1)), 1)
         offsets = sum(e - s for _, s, e in ranges)
         rows_per_task = max(math.ceil(offsets / cpus), _MIN_ROWS_PER_TASK)
-    source = TopicDatasource(name, meta, ranges, selection, rows_per_task, fetch_max_bytes, retry_timeout_s)
+    source = TopicDatasource(name, meta, ranges, selection, rows_per_task, fetch_max_bytes, retry_timeout_s,
+                             filter)
     if override_num_blocks is None:
         override_num_blocks = max(len(source.plan(1)), 1)
     return ray.data.read_datasource(source, override_num_blocks=override_num_blocks, **read_args)

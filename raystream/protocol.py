@@ -146,6 +146,7 @@ class FetchResult:
     log_end_offset: int
     next_offset: int
     bytes: int = 0
+    batches_skipped: int = 0  # batches a row filter's statistics check skipped without reading them
 
 
 def replica_actor_name(cluster: str, topic: str, partition: int, broker_id: int) -> str:

@@ -302,25 +302,27 @@ class PartitionReplica:
         if columns is not None:
             columns = [OFFSET_COLUMN, TIMESTAMP_COLUMN] + [c for c in columns if c not in
                                                           (OFFSET_COLUMN, TIMESTAMP_COLUMN)]
-        # A filter may name columns outside the projection: read them all (zero-copy views), filter, then
-        # project.
-        read_columns = None if row_filter is not None else columns
         deadline = time.monotonic() + max_wait_ms / 1000
+        batches: list[pa.RecordBatch] = []
+        skipped = 0
+        position = offset  # moves past what was scanned, so a wait does not re-read rows a filter rejected
         while True:
             hw = self.state.high_watermark
             # Out of range is judged against the log end offset, as Kafka does: a new leader's high
             # watermark can trail the old leader's until its followers report, and a consumer positioned
             # between the two must wait, not be reset.
             leo = self.log.log_end_offset
-            if offset > leo or offset < self.log.log_start_offset:
+            if position > leo or position < self.log.log_start_offset:
                 raise OffsetOutOfRangeError(
-                    f"offset {offset} out of range for {self.topic}-{self.partition}: "
+                    f"offset {position} out of range for {self.topic}-{self.partition}: "
                     f"log_start_offset={self.log.log_start_offset}, log_end_offset={leo}, high_watermark={hw}",
-                    offset=offset, log_start_offset=self.log.log_start_offset, log_end_offset=leo)
-            batches = self.log.read(offset, max_bytes, max_offset=hw, columns=read_columns) if offset < hw else []
-            next_offset = batches[-1].column(0)[-1].as_py() + 1 if batches else offset
-            if row_filter is not None:
-                batches = self._filter(batches, row_filter, columns)
+                    offset=position, log_start_offset=self.log.log_start_offset, log_end_offset=leo)
+            if position < hw:
+                # A filter that does not fit the topic's columns raises ValueError naming the partition.
+                read = self.log.read_filtered(position, max_bytes, hw, columns, row_filter)
+                batches.extend(read.batches)
+                position = read.next_offset
+                skipped += read.batches_skipped
             size = sum(b.get_total_buffer_size() for b in batches)
             remaining = deadline - time.monotonic()
             if size >= min_bytes or remaining <= 0:
@@ -330,16 +332,8 @@ class PartitionReplica:
         # The batches are zero-copy views of segment files; Ray serialises them into the object store as
         # this coroutine returns. Only a follower truncates its log, and fetch is served by leaders, so the
         # views stay valid (a demotion racing this return is the one window; see storage.segment).
-        return FetchResult(batches, hw, self.log.log_start_offset, self.log.log_end_offset, next_offset, size)
-
-    def _filter(self, batches: list[pa.RecordBatch], row_filter: Any, columns: list[str] | None
-                ) -> list[pa.RecordBatch]:
-        try:
-            out = [b.filter(row_filter) for b in batches]
-        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, TypeError) as exc:
-            raise ValueError(f"filter {row_filter} cannot be applied to {self.topic}-{self.partition}: {exc}") \
-                from None
-        return out if columns is None else [b.select(columns) for b in out]
+        return FetchResult(batches, hw, self.log.log_start_offset, self.log.log_end_offset, position, size,
+                           skipped)
 
     async def list_offset(self, spec: int) -> int:
         await self._ensure_role()

@@ -5,7 +5,8 @@ A segment file is an Arrow IPC *stream*: one schema message, then one record-bat
 batch's columns are the system columns ``_offset`` and ``_timestamp`` (int64, one value per row) followed
 by the user's columns. What Kafka keeps in its RecordBatch header travels in the IPC message's
 ``custom_metadata`` (key ``raystream.batch``, a msgpack array), so the log can be rebuilt from the data
-files alone and any Arrow tool can read them.
+files alone and any Arrow tool can read them; so do the batch's column statistics (key ``raystream.stats``,
+see :mod:`raystream.storage.statistics`), which let a filtered read skip a batch without decoding it.
 
 The checksum (CRC-32C, key ``raystream.crc``, 8 hex digits) covers the *whole* message — framing,
 flatbuffer metadata (with the checksum's own 8 bytes read as ``b"~crc32c~"``) and body — so a flipped byte
@@ -28,8 +29,10 @@ from flatbuffers import number_types as fb_types
 from flatbuffers import table as fb_table
 
 from raystream.errors import CorruptRecordError
+from raystream.storage import statistics
+from raystream.storage.statistics import STATS_KEY
 
-OFFSET_COLUMN = "_offset"
+OFFSET_COLUMN = statistics.OFFSET_COLUMN
 TIMESTAMP_COLUMN = "_timestamp"
 SYSTEM_FIELDS = (pa.field(OFFSET_COLUMN, pa.int64(), nullable=False),
                  pa.field(TIMESTAMP_COLUMN, pa.int64(), nullable=False))
@@ -159,7 +162,8 @@ class BatchEncoder:
         nearly all the bytes, is never copied again. The body is a view of a scratch buffer this encoder
         reuses: it is valid until the next ``encode`` call (write it before encoding the next batch)."""
         header_bytes = batch.header.pack()
-        metadata = {HEADER_KEY: header_bytes, CRC_KEY: CRC_PLACEHOLDER}
+        stats_bytes = statistics.compute(batch.data)
+        metadata = {HEADER_KEY: header_bytes, STATS_KEY: stats_bytes, CRC_KEY: CRC_PLACEHOLDER}
         needed = pa.ipc.get_record_batch_size(batch.data) + self.schema_message.size + self._SLACK_BYTES
         if self._scratch is None or self._scratch.size < needed:
             self._scratch = pa.allocate_buffer(needed)  # reused: no allocation or regrowth per batch
@@ -178,7 +182,8 @@ class BatchEncoder:
             crc_start = parse_frame(message).crc_start
         checksum = crc32c.crc32c(message)
         patched[crc_start:crc_start + 8] = b"%08x" % checksum
-        frame = Frame(metadata_end, message.size - metadata_end, header_bytes, b"%08x" % checksum, crc_start)
+        frame = Frame(metadata_end, message.size - metadata_end, header_bytes, b"%08x" % checksum, crc_start,
+                      stats_bytes)
         return [bytes(patched), message.slice(metadata_end)], frame
 
 
@@ -192,6 +197,7 @@ class Frame:
     header_bytes: bytes
     crc_hex: bytes
     crc_start: int
+    stats_bytes: bytes = b""  # msgpack column statistics; empty for batches written before they existed
 
     @property
     def total_length(self) -> int:
@@ -239,7 +245,8 @@ def parse_frame(message) -> Frame:
     crc_hex, crc_start = custom[CRC_KEY]
     if len(crc_hex) != 8:
         raise CorruptRecordError("bad checksum field")
-    return Frame(metadata_end, body_length, header_bytes, crc_hex, FRAME_PREFIX_BYTES + crc_start)
+    stats_bytes = custom.get(STATS_KEY, (b"", 0))[0]
+    return Frame(metadata_end, body_length, header_bytes, crc_hex, FRAME_PREFIX_BYTES + crc_start, stats_bytes)
 
 
 def _custom_metadata(tab: fb_table.Table) -> dict[bytes, tuple[bytes, int]]:

@@ -28,12 +28,14 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import fcntl
+import itertools
 import logging
 import os
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -48,6 +50,7 @@ from raystream.errors import (
     OffsetOutOfRangeError,
     RecordTooLargeError,
 )
+from raystream.storage import statistics
 from raystream.storage.batch import (
     ATTR_LOG_APPEND_TIME,
     OFFSET_COLUMN,
@@ -74,6 +77,16 @@ EPOCH_FILE = "leader-epoch-checkpoint"
 LOG_FORMAT = 1
 #: As Kafka's log.flush.offset.checkpoint.interval.ms: how often a flush also persists the recovery point.
 CHECKPOINT_INTERVAL_MS = 60_000
+
+
+@dataclasses.dataclass
+class FilteredRead:
+    """What :meth:`Log.read_filtered` returns: the batches, where the next read starts, and how many
+    batches the filter's statistics check skipped without decoding them."""
+
+    batches: list[pa.RecordBatch]
+    next_offset: int
+    batches_skipped: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -504,37 +517,86 @@ class Log:
         (at least one batch when any record is there). ``columns`` selects (and orders) the columns; only
         those are touched. ``max_offset`` is exclusive (the high watermark for consumers). Batches written
         under an older, compatible schema come back in the current schema (``schema_evolution.evolve``)."""
+        return self.read_filtered(start_offset, max_bytes, max_offset, columns).batches
+
+    def read_filtered(self, start_offset: int, max_bytes: int, max_offset: int | None = None,
+                      columns: list[str] | None = None, row_filter: Any = None) -> FilteredRead:
+        """:meth:`read` with a row filter (a ``pyarrow.compute.Expression`` over the stored columns, which
+        may name columns outside ``columns``): batches whose statistics exclude it are skipped without
+        being decoded, the rest are filtered, then projected. ``max_bytes`` counts the batches read before
+        filtering (skipped ones count nothing). The result's ``next_offset`` is where the next read starts:
+        past every batch scanned, kept or not."""
         with self._lock:
             self._check_open()
             self._check_fetch_offset(start_offset)
             _check_max_bytes(max_bytes)
             if columns is not None:
                 columns = self._check_columns(columns)
-            out: list[pa.RecordBatch] = []
+            result = FilteredRead([], start_offset)
             if max_offset is not None and max_offset <= start_offset:
-                return out  # e.g. a fetch above a new leader's (lagging) high watermark
+                return result  # e.g. a fetch above a new leader's (lagging) high watermark
             total = 0
             target = self.active_segment.schema  # batches of older (compatible) schemas are read as this
-            for _, batch in self._iter_batches(start_offset):
-                header, data = batch.header, batch.data
-                if max_offset is not None and header.base_offset >= max_offset:
-                    break
-                if data.num_rows == 0:
-                    continue
-                if data.schema is not target and not data.schema.equals(target) and self._evolvable(data.schema):
+            read_columns = columns if row_filter is None else None
+            for segment, _, frame, header, rest in self._scan(start_offset, max_offset, row_filter, target,
+                                                              result):
+                # Where the next read starts once this batch is done (compaction may have removed its last
+                # rows; the batch still covers its whole offset range).
+                end = header.next_offset if max_offset is None else min(header.next_offset, max_offset)
+                data = segment.decode_at(frame, rest).data
+                if data.num_rows and data.schema is not target and not data.schema.equals(target) \
+                        and self._evolvable(data.schema):
                     data = evolve(data, target)
-                if header.base_offset < start_offset or (max_offset is not None and header.last_offset >= max_offset):
+                if data.num_rows and (header.base_offset < start_offset
+                                      or (max_offset is not None and header.last_offset >= max_offset)):
                     data = _slice_offsets(data, start_offset, max_offset)
+                if data.num_rows == 0:
+                    result.next_offset = end
+                    continue
+                if read_columns is not None:
+                    data = data.select(read_columns)
+                size = data.get_total_buffer_size()
+                if total and total + size > max_bytes:
+                    break
+                total += size
+                result.next_offset = end
+                if row_filter is not None:
+                    data = _apply_filter(data, row_filter, self.directory.name)
                     if data.num_rows == 0:
                         continue
-                if columns is not None:
-                    data = data.select(columns)
-                size = data.get_total_buffer_size()
-                if out and total + size > max_bytes:
-                    break
-                out.append(data)
-                total += size
-            return out
+                    if columns is not None:
+                        data = data.select(columns)
+                result.batches.append(data)
+            return result
+
+    def _scan(self, start_offset: int, max_offset: int | None, row_filter: Any, target: pa.Schema,
+              result: FilteredRead) -> Iterator[tuple[LogSegment, int, Any, BatchHeader, pa.Buffer]]:
+        """The batches a read must decode, in order: those holding offsets in ``[start_offset, max_offset)``
+        less, when there is a filter, those whose statistics exclude it (counted in ``result``, which moves
+        its ``next_offset`` past them). Guarantees are checked in chunks, so a read that stops early at
+        ``max_bytes`` wastes at most one chunk of checks."""
+        def candidates():
+            for segment in self.segments[self._segment_index_for(start_offset):]:
+                for position, frame, header, rest in segment.frames_from(start_offset):
+                    if max_offset is not None and header.base_offset >= max_offset:
+                        return
+                    yield segment, position, frame, header, rest
+
+        if row_filter is None:
+            yield from candidates()
+            return
+        pending = candidates()
+        while chunk := list(itertools.islice(pending, statistics.PRUNE_CHUNK_BATCHES)):
+            guarantees = [segment.guarantee(position, frame, header, target)
+                          for segment, position, frame, header, _ in chunk]
+            for item, keep in zip(chunk, statistics.may_match(row_filter, guarantees, target), strict=True):
+                if keep:
+                    yield item
+                    continue
+                header = item[3]
+                result.batches_skipped += 1
+                result.next_offset = header.next_offset if max_offset is None else \
+                    min(header.next_offset, max_offset)
 
     def _evolvable(self, schema: pa.Schema) -> bool:
         """Can batches of ``schema`` be read in the active schema? (A storage-level change_schema may be
@@ -759,6 +821,13 @@ def _check_offset_arg(offset: int) -> None:
 def _check_max_bytes(max_bytes: int) -> None:
     if not isinstance(max_bytes, int) or isinstance(max_bytes, bool) or max_bytes < 1:
         raise ValueError(f"max_bytes must be a positive int, got {max_bytes!r}")
+
+
+def _apply_filter(data: pa.RecordBatch, row_filter: Any, where: str) -> pa.RecordBatch:
+    try:
+        return data.filter(row_filter)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, TypeError) as exc:
+        raise ValueError(f"filter {row_filter} cannot be applied to {where}: {exc}") from None
 
 
 def _slice_offsets(data: pa.RecordBatch, start_offset: int, max_offset: int | None) -> pa.RecordBatch:

@@ -25,6 +25,7 @@ import numpy as np
 import pyarrow as pa
 
 from raystream.errors import CorruptRecordError
+from raystream.storage import statistics
 from raystream.storage.batch import (
     BatchEncoder,
     BatchHeader,
@@ -83,6 +84,9 @@ class LogSegment:
         # position -> (frame, header) of every batch seen (appended or scanned): parsing an IPC message's
         # flatbuffer metadata in Python costs ~35 us, far more than the zero-copy decode of the batch.
         self._frames: dict[int, tuple[Frame, BatchHeader]] = {}
+        # position -> statistics guarantee over ``_guarantee_schema`` (see :meth:`guarantee`).
+        self._guarantees: dict[int, object] = {}
+        self._guarantee_schema: pa.Schema | None = None
 
     # -- life cycle ---------------------------------------------------------------------------------------
     @classmethod
@@ -221,12 +225,32 @@ class LogSegment:
     def batches(self, start_offset: int, verify: bool = False) -> Iterator[tuple[int, StoredBatch]]:
         """Yield (position, batch) for every stored batch whose last offset is >= ``start_offset``, starting
         from the offset index's floor entry (a short scan, never the whole segment)."""
-        entry = self.offset_index.floor(max(0, start_offset - self.base_offset))
-        position = entry[1] if entry else self.data_start
-        for pos, frame, header, rest in self.frames(position):
-            if header.last_offset < start_offset:
-                continue
+        for pos, frame, _, rest in self.frames_from(start_offset):
             yield pos, decode(rest.slice(0, frame.total_length), self.schema, frame, verify=verify)
+
+    def frames_from(self, start_offset: int) -> Iterator[tuple[int, Frame, BatchHeader, pa.Buffer]]:
+        """:meth:`frames` of the batches whose last offset is >= ``start_offset`` (nothing decoded)."""
+        entry = self.offset_index.floor(max(0, start_offset - self.base_offset))
+        for item in self.frames(entry[1] if entry else self.data_start):
+            if item[2].last_offset >= start_offset:
+                yield item
+
+    def decode_at(self, frame: Frame, rest: pa.Buffer) -> StoredBatch:
+        """Decode the batch :meth:`frames` yielded as ``(frame, rest)`` (zero-copy)."""
+        return decode(rest.slice(0, frame.total_length), self.schema, frame)
+
+    def guarantee(self, position: int, frame: Frame, header: BatchHeader, target_schema: pa.Schema):
+        """The statistics guarantee of the batch at ``position`` over ``target_schema`` (cached: building
+        the expression costs more than simplifying a filter against it)."""
+        if self._guarantee_schema is not target_schema and (self._guarantee_schema is None
+                                                            or not target_schema.equals(self._guarantee_schema)):
+            self._guarantees.clear()
+            self._guarantee_schema = target_schema
+        found = self._guarantees.get(position)
+        if found is None:
+            found = self._guarantees[position] = statistics.guarantee(frame.stats_bytes, header, self.schema,
+                                                                      target_schema)
+        return found
 
     def headers(self) -> Iterator[tuple[int, BatchHeader]]:
         for pos, _, header, _ in self.frames():
@@ -257,6 +281,7 @@ class LogSegment:
         self.batch_count = 0
         self._bytes_since_index_entry = 0
         self._frames.clear()
+        self._guarantees.clear()
 
     def rebuild(self, verify: bool) -> ScanResult:
         """Scan every batch, (optionally) verifying checksums and decodability; rebuild indexes and the
@@ -328,6 +353,7 @@ class LogSegment:
             os.ftruncate(self._fd, size)
             self._map = None  # views of the dropped tail must not be handed out again
             self._frames = {p: f for p, f in self._frames.items() if p < size}
+            self._guarantees.clear()
             self.size = size
         return max(dropped, 0)
 

@@ -63,3 +63,22 @@ def test_a_filter_that_cannot_apply_is_a_clear_error(cluster, topic_name):
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline:
                 c.poll_arrow(filter=pc.field("missing") > 3, timeout=0.5)
+
+
+def test_batches_the_statistics_exclude_are_skipped_in_the_replica(cluster, topic_name):
+    rs.Admin().create_topic(topic_name, partitions=1, schema=SCHEMA)
+    with rs.Producer(acks="all") as producer:
+        for start in range(0, 1000, 100):  # ten batches of increasing x
+            table = pa.table({"x": list(range(start, start + 100)), "name": ["n"] * 100,
+                              "payload": [b"p"] * 100}, schema=SCHEMA)
+            producer.send_batch(topic_name, table).result(timeout=30)
+    leader = ray.get_actor(replica_actor_name("it", topic_name, 0, 0), namespace=ACTOR_NAMESPACE)
+    result = ray.get(leader.fetch.remote(0, 1 << 20, 0, 1, ["x"], None, pc.field("x") >= 950))
+    assert result.batches_skipped == 9
+    assert [x for b in result.batches for x in b.column("x").to_pylist()] == list(range(950, 1000))
+    assert result.next_offset == 1000
+    with rs.Consumer(auto_offset_reset="earliest") as c:  # a consumer sees the same rows
+        c._topic = topic_name
+        c.assign([rs.TopicPartition(topic_name, 0)])
+        table = poll_all(c, {"filter": pc.field("x") < 120, "columns": ["x"]})
+    assert table.column("x").to_pylist() == list(range(120))

@@ -105,6 +105,17 @@ def test_read_topic_projects_columns(shared3):
         rs.data.read_topic(shared3, columns=["nope"], cluster="it")
 
 
+def test_read_topic_filters_in_the_replicas(shared3):
+    ds = rs.data.read_topic(shared3, columns=["id"], filter=(pa.compute.field("id") >= 2100)
+                            | (pa.compute.field("id") < 3), rows_per_task=25, cluster="it")
+    table = collect(ds)
+    assert table.column_names == SYSTEM + ["id"]
+    assert table["id"].to_pylist() == [0, 1, 2] + list(range(2100, 2120))
+    assert table["offset"].to_pylist() == [0, 1, 2] + list(range(100, 120))  # the rows' true offsets
+    with pytest.raises(TypeError, match="Expression"):
+        rs.data.read_topic(shared3, filter="id > 3", cluster="it")
+
+
 def test_read_topic_is_a_snapshot_taken_when_called(topic3):
     ds = rs.data.read_topic(topic3, cluster="it")
     produce(topic3, {p: rows(5000, 10) for p in range(3)})  # after planning, before the dataset runs
@@ -201,7 +212,7 @@ class FakeTransport:
     def get_metadata(self, topics):
         return self.meta()
 
-    def fetch(self, tp, broker, offset, max_bytes, max_wait_ms, min_bytes, columns, epoch):
+    def fetch(self, tp, broker, offset, max_bytes, max_wait_ms, min_bytes, columns, epoch, row_filter=None):
         from concurrent.futures import Future
 
         from raystream import errors
