@@ -23,6 +23,7 @@ from __future__ import annotations
 import concurrent.futures
 import math
 import time
+import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
@@ -351,15 +352,23 @@ def _selection(meta: TopicMetadata, columns: Any) -> tuple[str, ...] | None:
 
 # -- write -----------------------------------------------------------------------------------------------------
 class TopicDatasink(Datasink):
-    """Appends a dataset's blocks to a topic, a producer per write task (idempotent, ``acks="all"``)."""
+    """Appends a dataset's blocks to a topic: each write task with its own replay producer
+    (``Producer(replay_id=...)``, ``acks="all"``), so a retried write task — Ray re-runs a task whose worker
+    died — writes each row once: the brokers drop the rows its earlier attempts already wrote. That needs
+    every attempt to send the same rows to the same partitions in the same order: rows with a key go by
+    murmur2 of the key; keyless blocks of a task all go to partition ``task_idx % partitions``. (Blocks
+    recomputed from a non-deterministic upstream are not the same rows; they are written as new rows.)"""
 
     def __init__(self, topic: str, cluster: str, key_column: str | None = None,
-                 producer_config: Mapping[str, Any] | None = None) -> None:
+                 producer_config: Mapping[str, Any] | None = None, num_partitions: int = 1,
+                 topic_key_column: str | None = None) -> None:
         self.topic = topic
         self.cluster = cluster
         self.key_column = key_column
-        self.producer_config = {"acks": "all", "enable_idempotence": True, "linger_ms": 0,
-                                **dict(producer_config or {})}
+        self.routing_column = key_column or topic_key_column or "key"
+        self.num_partitions = num_partitions
+        self.write_id = uuid.uuid4().hex  # one per write_topic call: a new write is new data
+        self.producer_config = {"acks": "all", "linger_ms": 0, **dict(producer_config or {})}
         self.rows_written = 0
 
     def get_name(self) -> str:
@@ -370,13 +379,18 @@ class TopicDatasink(Datasink):
 
         _connect(self.cluster)
         rows = 0
-        with Producer(cluster=self.cluster, **self.producer_config) as producer:
+        task_idx = getattr(ctx, "task_idx", 0)
+        with Producer(cluster=self.cluster, replay_id=f"write_topic/{self.write_id}/{task_idx}",
+                      **self.producer_config) as producer:
             futures = []
             for block in blocks:
                 table = BlockAccessor.for_block(block).to_arrow()
                 if table.num_rows == 0:
                     continue
-                futures.append(producer.send_batch(self.topic, table, key_column=self.key_column))
+                keyed = self.routing_column in table.column_names
+                partition = None if keyed else task_idx % self.num_partitions
+                futures.append(producer.send_batch(self.topic, table, key_column=self.key_column,
+                                                   partition=partition))
                 rows += table.num_rows
             producer.flush()
             for future in futures:
@@ -394,13 +408,14 @@ def write_topic(ds: ray.data.Dataset, topic: str, key_column: str | None = None,
     A topic with a schema takes rows of that schema; one without takes a ``value`` column and optional
     ``key``, ``timestamp``, ``headers`` columns (as ``Producer.send_batch``). ``key_column`` partitions rows
     by murmur2 of that column (default: the topic's key column / ``key``), else each write task sends its
-    blocks sticky to a partition. ``producer_config`` overrides Producer arguments (``acks="all"`` and
-    idempotence by default); ``write_args`` go to :meth:`ray.data.Dataset.write_datasink`."""
+    blocks to one partition. A retried write task does not duplicate rows (see :class:`TopicDatasink`).
+    ``producer_config`` overrides Producer arguments (``acks="all"`` by default; it must stay idempotent);
+    ``write_args`` go to :meth:`ray.data.Dataset.write_datasink`."""
     if not isinstance(topic, str) or not topic:
         raise TypeError(f"topic must be a non-empty str, got {topic!r}")
     name = _cluster_name(cluster)
-    _topic_metadata(_connect(name), topic)  # fail fast on an unknown topic
-    sink = TopicDatasink(topic, name, key_column, producer_config)
+    meta = _topic_metadata(_connect(name), topic)  # fails fast on an unknown topic
+    sink = TopicDatasink(topic, name, key_column, producer_config, len(meta.partitions), meta.key_column)
     ds.write_datasink(sink, **write_args)
     return sink.rows_written
 

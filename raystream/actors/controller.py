@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -415,8 +416,12 @@ class Controller(FailoverMixin, GroupCoordinatorMixin):
     async def ping(self) -> str:
         return self.cluster
 
-    async def init_producer_id(self) -> tuple[int, int]:
+    async def init_producer_id(self, replay_id: str | None = None) -> tuple[int, int]:
         """A new idempotent-producer id and its epoch (always 0): ``(producer_id, producer_epoch)``.
+
+        With ``replay_id`` (a replay producer, e.g. one Ray Data write task): the id recorded for it, so
+        every run of that producer — a retried task — is the same producer to the brokers; the first call
+        hands out a new id and records the pairing in the metadata log before answering.
 
         Ids never repeat, across restarts too: they are handed out from memory within a block whose end is
         recorded in the metadata log first (``producer_ids {next}``, 1000 ids ahead), so a restarted
@@ -424,6 +429,18 @@ class Controller(FailoverMixin, GroupCoordinatorMixin):
         Concurrency: no ``await`` inside, so the read-and-advance is atomic on the actor's event loop; it
         deliberately does not take ``self._lock``, so producers do not wait behind a slow topic change.
         """
+        if replay_id is not None:
+            if not isinstance(replay_id, str) or not replay_id:
+                raise TypeError(f"replay_id must be a non-empty str, got {replay_id!r}")
+            known = self.metadata.replay_producers.get(replay_id)
+            if known is not None:
+                return known[0], 0
+            producer_id = self._next_producer_id()
+            self._record({"t": "replay_producer", "id": replay_id, "pid": producer_id, "at": int(time.time() * 1000)})
+            return producer_id, 0
+        return self._next_producer_id(), 0
+
+    def _next_producer_id(self) -> int:
         block = 1000
         cursor: int | None = getattr(self, "_producer_id_cursor", None)  # the next id to hand out
         if cursor is None or cursor >= self.metadata.next_producer_id:
@@ -432,4 +449,4 @@ class Controller(FailoverMixin, GroupCoordinatorMixin):
             cursor = self.metadata.next_producer_id if cursor is None else cursor
             self._record({"t": "producer_ids", "next": cursor + block})
         self._producer_id_cursor = cursor + 1
-        return cursor, 0
+        return cursor

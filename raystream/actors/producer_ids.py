@@ -39,6 +39,7 @@ from raystream.core.producer_state import (
     MAX_SEQUENCE,
     DuplicateBatch,
     ProducerStateManager,
+    ReplayOverlap,
     increment_sequence,
 )
 from raystream.errors import OutOfOrderSequenceError
@@ -118,16 +119,18 @@ class ReplicaProducerState:
 
     # -- the leader's check and every replica's record -----------------------------------------------------
     def check(self, producer_id: int, producer_epoch: int, base_sequence: int,
-              record_count: int) -> DuplicateBatch | None:
+              record_count: int, replay: bool = False) -> DuplicateBatch | ReplayOverlap | None:
         """The leader's check of a batch it is about to append (see ``ProducerStateManager.check_and_prepare``).
         Returns the original batch for a retry; raises OutOfOrderSequenceError / InvalidProducerEpochError /
         InvalidRecordError. Changes nothing: :meth:`record` must follow the append."""
         last_sequence = increment_sequence(base_sequence, record_count - 1) if base_sequence >= 0 else base_sequence
-        return self.manager.check_and_prepare(producer_id, producer_epoch, base_sequence, last_sequence, _now_ms())
+        return self.manager.check_and_prepare(producer_id, producer_epoch, base_sequence, last_sequence, _now_ms(),
+                                              replay)
 
     async def check_in_order(self, producer_id: int, producer_epoch: int, base_sequence: int, record_count: int,
                              wait: Callable[[float], Awaitable[None]], max_wait_s: float,
-                             recheck: Callable[[], None]) -> DuplicateBatch | None:
+                             recheck: Callable[[], None], replay: bool = False
+                             ) -> DuplicateBatch | ReplayOverlap | None:
         """:meth:`check`, except that a batch *ahead* of its expected sequence first waits up to
         ``max_wait_s`` (``wait(seconds)`` returns at the next append or the timeout) for the batches before
         it — Ray may start one caller's pipelined requests out of order — calling ``recheck()`` (e.g. "still
@@ -136,7 +139,7 @@ class ReplicaProducerState:
         deadline = time.monotonic() + max_wait_s
         while True:
             try:
-                return self.check(producer_id, producer_epoch, base_sequence, record_count)
+                return self.check(producer_id, producer_epoch, base_sequence, record_count, replay)
             except OutOfOrderSequenceError as exc:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or not sequence_ahead(exc):

@@ -38,6 +38,7 @@ from raystream.actors.producer_ids import (
 )
 from raystream.config import BrokerConfig, TopicConfig
 from raystream.core.partition_state import PartitionState
+from raystream.core.producer_state import ReplayOverlap
 from raystream.errors import (
     NotEnoughReplicasAfterAppendError,
     NotEnoughReplicasError,
@@ -223,7 +224,7 @@ class PartitionReplica:
     # -- produce -------------------------------------------------------------------------------------------
     async def produce(self, batch: pa.RecordBatch | pa.Table, acks: int, timeout_ms: int,
                       leader_epoch: int | None = None, producer_id: int = -1, producer_epoch: int = -1,
-                      base_sequence: int = -1) -> ProduceResult:
+                      base_sequence: int = -1, replay: bool = False) -> ProduceResult:
         """Append ``batch`` as the leader; with acks=all, answer once the high watermark covers it.
 
         Idempotent producers (``producer_id >= 0``) are checked first (``raystream.core.producer_state``): a
@@ -234,6 +235,8 @@ class PartitionReplica:
         expected one waits (up to ``REORDER_WAIT_MS``) for the batches before it, then is checked again.
         Concurrency: the final check, the append and the state update run with no ``await`` between them,
         so each producer's batches are checked and applied one at a time, in sequence order.
+        ``replay``: the producer is a replay producer (``Producer(replay_id=...)``): records whose sequence
+        the log already holds are dropped, a batch that straddles the log's end is appended from there.
         """
         await self._ensure_role()
         self.state.check_leader(leader_epoch)
@@ -252,8 +255,14 @@ class PartitionReplica:
             duplicate = await self.producers.check_in_order(
                 producer_id, producer_epoch, base_sequence, batch.num_rows,
                 lambda s: self._wait("data", s), min(timeout_ms / 2, REORDER_WAIT_MS) / 1000,
-                lambda: self.state.check_leader(leader_epoch))
-        if duplicate is not None:
+                lambda: self.state.check_leader(leader_epoch), replay)
+            if isinstance(duplicate, ReplayOverlap):
+                batch, base_sequence = batch.slice(duplicate.skip), base_sequence + duplicate.skip
+                duplicate = None
+        if duplicate is not None and duplicate.base_offset < 0:  # an already-written replay: no offsets
+            result = ProduceResult(-1, -1, self.log.log_start_offset, batch.num_rows, duplicate.timestamp)
+            last_offset = duplicate.last_offset
+        elif duplicate is not None:
             log_append_time = duplicate.timestamp if self.log.config.message_timestamp_type == "LogAppendTime" else -1
             result = ProduceResult(duplicate.base_offset, log_append_time, self.log.log_start_offset,
                                    duplicate.last_offset - duplicate.base_offset + 1, duplicate.timestamp)

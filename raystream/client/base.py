@@ -65,8 +65,9 @@ class BaseTransport(abc.ABC):
         raise NotImplementedError(f"{type(self).__name__} cannot alter schemas")
 
     @abc.abstractmethod
-    def init_producer_id(self, timeout_s: float | None = None) -> tuple[int, int]:
-        """A new idempotent-producer id from the controller: ``(producer_id, producer_epoch)``."""
+    def init_producer_id(self, timeout_s: float | None = None, replay_id: str | None = None) -> tuple[int, int]:
+        """A new idempotent-producer id from the controller: ``(producer_id, producer_epoch)`` (with
+        ``replay_id``: the one recorded for that replay producer)."""
 
     # -- consumer groups (the controller's group coordinator; see raystream.actors.groups) --------------------
     def group_call(self, method: str, *args: Any, timeout_s: float | None = None) -> Any:
@@ -79,9 +80,10 @@ class BaseTransport(abc.ABC):
     @abc.abstractmethod
     def produce(self, tp: TopicPartition, broker_id: int, batch: pa.RecordBatch, acks: int, timeout_ms: int,
                 leader_epoch: int | None = None, producer_id: int = -1, producer_epoch: int = -1,
-                base_sequence: int = -1) -> Future[ProduceResult]:
+                base_sequence: int = -1, replay: bool = False) -> Future[ProduceResult]:
         """Produce ``batch`` to the leader; an idempotent producer passes its id, epoch and the batch's first
-        sequence number (a retry of a batch already written answers with the original offsets)."""
+        sequence number (a retry of a batch already written answers with the original offsets); ``replay``
+        marks a replay producer's batch (records the log already holds are dropped)."""
 
     @abc.abstractmethod
     def fetch(self, tp: TopicPartition, broker_id: int, offset: int, max_bytes: int, max_wait_ms: int,

@@ -91,7 +91,15 @@ class Producer:
     defaults to Kafka's behaviour (on unless acks/retries/in-flight settings rule it out; see the module
     docstring). ``leader_recheck_ms`` (raystream's own): a request unanswered for that long makes the
     producer re-check its partition's leader, and retry on the new one if leadership moved (a dead node's
-    actors may stay silent far longer than the controller takes to elect a new leader)."""
+    actors may stay silent far longer than the controller takes to elect a new leader).
+
+    ``replay_id`` (raystream's own) makes a *replay producer*: every producer created with the same
+    ``replay_id`` is the same idempotent producer to the brokers (one producer id, recorded by the
+    controller), and its sequence numbers count records from its start. Run again from the start — a
+    retried Ray task — it must send the same records in the same order to the same partitions (batching
+    may differ); the brokers then drop every record they already hold, so each is written once however
+    often the run is repeated. Needs idempotence; two runs at once are safe (each record lands once).
+    Used by ``rs.data.write_topic``, one replay id per write task."""
 
     def __init__(self, *, acks: int | str = "all", linger_ms: int = 5, batch_size: int = 1_048_576,
                  buffer_memory: int = 32 * 1024 * 1024, max_block_ms: int = 60_000,
@@ -102,7 +110,7 @@ class Producer:
                  key_serializer: Callable[[Any], Any] | None = None,
                  value_serializer: Callable[[Any], Any] | None = None, enable_idempotence: bool | None = None,
                  transactional_id: str | None = None, client_id: str | None = None, cluster: Any = None,
-                 transport: BaseTransport | None = None) -> None:
+                 transport: BaseTransport | None = None, replay_id: str | None = None) -> None:
         if acks not in _ACKS or isinstance(acks, bool):
             raise ValueError(f"acks must be 0, 1 or 'all', got {acks!r}")
         for name, value in (("linger_ms", linger_ms), ("max_block_ms", max_block_ms),
@@ -124,6 +132,12 @@ class Producer:
         if transactional_id is not None and not isinstance(transactional_id, str):
             raise TypeError("transactional_id must be a str or None")
         idempotent = _idempotence(enable_idempotence, _ACKS[acks], retries, max_in_flight_requests_per_connection)
+        if replay_id is not None:
+            if not isinstance(replay_id, str) or not replay_id:
+                raise TypeError(f"replay_id must be a non-empty str or None, got {replay_id!r}")
+            if not idempotent:
+                raise ValueError("replay_id needs an idempotent producer (acks='all', retries > 0, "
+                                 "max_in_flight_requests_per_connection <= 5, enable_idempotence not False)")
         self._transport = context.resolve(cluster, transport)
         global _instances
         _instances += 1
@@ -146,7 +160,7 @@ class Producer:
                               retry_backoff_ms=retry_backoff_ms, request_timeout_ms=request_timeout_ms,
                               delivery_timeout_ms=delivery_timeout_ms, name=f"raystream-{self.client_id}-sender",
                               max_in_flight=max_in_flight_requests_per_connection, idempotent=idempotent,
-                              leader_recheck_ms=leader_recheck_ms)
+                              leader_recheck_ms=leader_recheck_ms, replay_id=replay_id)
         self._close_lock = threading.Lock()
         self._closed = False
         self._sender.start()

@@ -108,7 +108,7 @@ class Sender:
     def __init__(self, accumulator: RecordAccumulator, metadata: MetadataCache, transport: BaseTransport, *,
                  acks: int, retries: int, retry_backoff_ms: int, request_timeout_ms: int,
                  delivery_timeout_ms: int, name: str, max_in_flight: int = 1, idempotent: bool = False,
-                 leader_recheck_ms: int = 1000) -> None:
+                 leader_recheck_ms: int = 1000, replay_id: str | None = None) -> None:
         self.acc = accumulator
         self.leader_recheck_s = leader_recheck_ms / 1000
         self._rechecked_at: dict[TopicPartition, float] = {}
@@ -125,6 +125,10 @@ class Sender:
         self._single: set[TopicPartition] = set()  # recovering from an error: one request at a time
         self._seq = 0
         self.idempotent = idempotent
+        # A replay producer (see Producer's replay_id): its sequences name records, so they can never be
+        # restarted; what would reset them instead fails the producer for good (``_fatal``).
+        self.replay_id = replay_id
+        self._fatal: BaseException | None = None
         self.producer_id = self.producer_epoch = -1  # from the controller, fetched lazily (idempotent only)
         self._pid_retry_at = 0.0
         self._pid_error: BaseException | None = None
@@ -242,8 +246,12 @@ class Sender:
         if not self._held and not self.acc.has_queued():
             return float("inf")  # lazily: a producer that never sends never asks
         try:
-            self.producer_id, self.producer_epoch = self.transport.init_producer_id(
-                timeout_s=self.request_timeout_ms / 1000)
+            if self.replay_id is None:
+                self.producer_id, self.producer_epoch = self.transport.init_producer_id(
+                    timeout_s=self.request_timeout_ms / 1000)
+            else:
+                self.producer_id, self.producer_epoch = self.transport.init_producer_id(
+                    timeout_s=self.request_timeout_ms / 1000, replay_id=self.replay_id)
         except Exception as exc:
             self._pid_error = exc
             self._pid_retry_at = now + self.backoff_s
@@ -286,13 +294,16 @@ class Sender:
             self._seq += 1
             batch.seq = self._seq
         try:
+            if self._fatal is not None:
+                raise self._fatal
             if self.idempotent:
                 if batch.base_sequence < 0:
                     self._assign_sequence(batch)
                 batch.sent_behind = self._has_earlier_unfinished(batch)
+                replay = {} if self.replay_id is None else {"replay": True}
                 future = self.transport.produce(tp, broker, data, self.acks, self.request_timeout_ms, epoch,
                                                 producer_id=batch.producer_id, producer_epoch=batch.producer_epoch,
-                                                base_sequence=batch.base_sequence)
+                                                base_sequence=batch.base_sequence, **replay)
             else:
                 future = self.transport.produce(tp, broker, data, self.acks, self.request_timeout_ms, epoch)
         except Exception as exc:  # transports should return failed futures; be safe anyway
@@ -443,6 +454,16 @@ class Sender:
         self._resets.discard(tp)
         seqs = self._sequences.get(tp)
         if seqs is None:
+            return
+        if self.replay_id is not None:
+            self._fatal = OutOfOrderSequenceError(
+                f"replay producer {self.replay_id!r} lost its sequence state on {tp}; it cannot re-sequence "
+                f"records: run it again from its start (the brokers drop what was already written)",
+                topic=tp.topic, partition=tp.partition)
+            for batch in list(seqs.unacked):
+                self._fail(batch, self._fatal)
+            for batch in self.acc.drain_all():
+                self._fail(batch, self._fatal)
             return
         for batch in seqs.unacked:
             batch.producer_id = batch.producer_epoch = batch.base_sequence = -1

@@ -119,8 +119,9 @@ class RayTransport(BaseTransport):
     def alter_topic_schema(self, name: str, schema_bytes: bytes, timeout_s: float | None = None) -> Any:
         return self._call("alter_topic_schema", name, schema_bytes, timeout_s=timeout_s)
 
-    def init_producer_id(self, timeout_s: float | None = None) -> tuple[int, int]:
-        producer_id, producer_epoch = self._call("init_producer_id", timeout_s=timeout_s)
+    def init_producer_id(self, timeout_s: float | None = None, replay_id: str | None = None) -> tuple[int, int]:
+        args = () if replay_id is None else (replay_id,)
+        producer_id, producer_epoch = self._call("init_producer_id", *args, timeout_s=timeout_s)
         return int(producer_id), int(producer_epoch)
 
     _GROUP_METHODS = frozenset({"join_group", "heartbeat_group", "leave_group", "commit_offsets", "fetch_offsets",
@@ -176,11 +177,12 @@ class RayTransport(BaseTransport):
 
     def produce(self, tp: TopicPartition, broker_id: int, batch: pa.RecordBatch, acks: int, timeout_ms: int,
                 leader_epoch: int | None = None, producer_id: int = -1, producer_epoch: int = -1,
-                base_sequence: int = -1) -> Future[ProduceResult]:
+                base_sequence: int = -1, replay: bool = False) -> Future[ProduceResult]:
         if producer_id < 0:  # the plain request, as before idempotence
             return self._submit(tp, broker_id, "produce", batch, acks, timeout_ms, leader_epoch)
+        extra = (True,) if replay else ()
         return self._submit(tp, broker_id, "produce", batch, acks, timeout_ms, leader_epoch, producer_id,
-                            producer_epoch, base_sequence)
+                            producer_epoch, base_sequence, *extra)
 
     def fetch(self, tp: TopicPartition, broker_id: int, offset: int, max_bytes: int, max_wait_ms: int,
               min_bytes: int, columns: list[str] | None = None,

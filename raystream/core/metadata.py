@@ -15,6 +15,8 @@ Record types::
     schema      {name, schema, schema_id}             an Arrow-native topic's schema evolved
     delete      {name}                                topic deleted
     producer_ids {next}                               producer ids below ``next`` are handed out (or reserved)
+    replay_producer {id, pid, at}                     the replay producer ``id`` is producer id ``pid``
+                                                      (recorded at ``at`` ms; forgotten a day later)
 
 Pure and deterministic; not thread-safe (the controller actor serialises access).
 """
@@ -24,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from raystream.core.producer_state import DEFAULT_PRODUCER_ID_EXPIRATION_MS
 from raystream.protocol import BrokerInfo, PartitionState, TopicMetadata
 
 
@@ -47,6 +50,8 @@ class ClusterMetadata:
         self.topics: dict[str, TopicState] = {}
         #: Every idempotent-producer id below this was handed out or reserved: never hand it out again.
         self.next_producer_id = 0
+        #: Replay producers (``Producer(replay_id=...)``): replay id -> (producer id, recorded at ms).
+        self.replay_producers: dict[str, tuple[int, int]] = {}
 
     @property
     def next_broker_id(self) -> int:
@@ -78,6 +83,14 @@ class ClusterMetadata:
             self.topics.pop(record["name"], None)
         elif kind == "producer_ids":
             self.next_producer_id = max(self.next_producer_id, int(record["next"]))
+        elif kind == "replay_producer":
+            at = int(record["at"])
+            # Brokers forget an idle producer id after producer.id.expiration.ms (a day by default): a
+            # replay id older than that could no longer deduplicate anything, so it is dropped too.
+            horizon = at - DEFAULT_PRODUCER_ID_EXPIRATION_MS
+            for stale in [k for k, (_, when) in self.replay_producers.items() if when < horizon]:
+                del self.replay_producers[stale]
+            self.replay_producers[record["id"]] = (int(record["pid"]), at)
         else:
             raise AssertionError(f"unknown metadata record type {kind!r}")
 

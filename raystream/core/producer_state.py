@@ -17,7 +17,15 @@ sequence ``L``, the last 5 batches ``B``)::
     epoch >  E, first_seq == 0                  None: append (the producer bumped its epoch)
     epoch >  E, first_seq != 0                  OutOfOrderSequenceError (a new epoch starts at 0)
     epoch == E, first_seq == next(L)            None: append (in order)
+    replay, epoch == E, last_seq < next(L)      DuplicateBatch with base_offset -1: all written before
+    replay, epoch == E, first_seq < next(L)     ReplayOverlap(next(L) - first_seq): append only the rest
     epoch == E, otherwise                       OutOfOrderSequenceError (a gap, or a retry older than B)
+
+A *replay* producer (``replay=True``; ``Producer(replay_id=...)``) is a producer that may be run again
+from its start with the same producer id and epoch — a retried Ray task — sending the same records in
+the same order per partition, but not necessarily in the same batches. Its sequence numbers then name
+records, not batches, so a record with a sequence below ``next(L)`` is one the log already holds: it is
+dropped, and a run that died anywhere resumes exactly where the log ends.
 
 ``next(L)`` is ``L + 1``, wrapping from ``2**31 - 1`` to 0 as Kafka's sequences do (``L`` is -1 when the
 epoch has no batch yet, so ``next(L)`` is 0). A stale epoch raises ``InvalidProducerEpochError`` rather
@@ -111,6 +119,15 @@ class DuplicateBatch:
     timestamp: int
 
 
+@dataclasses.dataclass(frozen=True)
+class ReplayOverlap:
+    """``check_and_prepare``'s answer, for a *replay* producer, to a batch whose first ``skip`` records were
+    already written (by an earlier run of the same deterministic producer, batched differently): append
+    only the rest, from sequence ``base_sequence + skip``."""
+
+    skip: int
+
+
 @dataclasses.dataclass
 class ProducerStateEntry:
     """One producer id's state: its epoch, its last batches (oldest first) and its idle clock."""
@@ -197,7 +214,7 @@ class ProducerStateManager:
 
     # -- the leader's check ---------------------------------------------------------------------------------
     def check_and_prepare(self, producer_id: int, producer_epoch: int, base_sequence: int, last_sequence: int,
-                          now_ms: int) -> DuplicateBatch | None:
+                          now_ms: int, replay: bool = False) -> DuplicateBatch | ReplayOverlap | None:
         """Check a batch the leader is about to append (see the table in the module docstring).
 
         Returns a :class:`DuplicateBatch` for a retry of a batch already appended (do not append it
@@ -229,6 +246,13 @@ class ProducerStateManager:
                                          f"a new epoch (current {entry.producer_epoch}) starts at sequence 0")
             return None
         expected = increment_sequence(entry.last_seq, 1)
+        if replay and base_sequence < expected and producer_epoch == entry.producer_epoch:
+            # A replay of records this producer already wrote (see ReplayOverlap); sequences of a replay
+            # never wrap, so plain comparisons hold.
+            if last_sequence < expected:
+                return DuplicateBatch(producer_id, producer_epoch, base_sequence, last_sequence, -1,
+                                      entry.last_offset, entry.batches[-1].timestamp if entry.batches else -1)
+            return ReplayOverlap(expected - base_sequence)
         if base_sequence != expected:
             raise self._out_of_order(producer_id, producer_epoch, expected, base_sequence,
                                      f"last appended sequence {entry.last_seq}")

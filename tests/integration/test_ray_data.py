@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import uuid
@@ -161,6 +162,44 @@ def test_write_topic_round_trip_partitions_by_key(cluster, topic_name):
     assert sorted(table["id"].to_pylist()) == list(range(1200))
     for p, k in zip(table["partition"].to_pylist(), table["k"].to_pylist(), strict=True):
         assert p == partition_for_key(k.encode(), 3)
+
+
+class DiesOnceDatasink:
+    """Builds a TopicDatasink whose write task 0 writes a part of its rows (acknowledged, differently
+    batched), then kills its worker process the first time; Ray runs the task again."""
+
+    @staticmethod
+    def make(topic: str, marker: str, num_partitions: int, key_column: str | None):
+        from ray.data.block import BlockAccessor
+
+        from raystream.data import TopicDatasink
+
+        class _Sink(TopicDatasink):
+            def write(self, blocks, ctx):
+                blocks = list(blocks)
+                if ctx.task_idx == 0 and not os.path.exists(marker):
+                    with open(marker, "w") as f:
+                        f.write(str(os.getpid()))
+                    first = BlockAccessor.for_block(blocks[0]).to_arrow()
+                    partial = [first.slice(0, 70), first.slice(70, 90)]  # 160 of this task's rows
+                    super().write(partial, ctx)
+                    os._exit(1)  # the worker dies as on a lost node: Ray retries the task
+                return super().write(blocks, ctx)
+
+        return _Sink(topic, "it", key_column, None, num_partitions, None)
+
+
+@pytest.mark.parametrize("key_column", ["k", None])
+def test_write_topic_task_retried_after_its_worker_died_writes_each_row_once(cluster, topic_name, tmp_path,
+                                                                            key_column):
+    rs.Admin().create_topic(topic_name, partitions=2, schema=SCHEMA)
+    source = rows(0, 900)
+    ds = ray.data.from_arrow([source.slice(i * 300, 300) for i in range(3)])  # 3 blocks, 3 write tasks
+    marker = str(tmp_path / "died")
+    ds.write_datasink(DiesOnceDatasink.make(topic_name, marker, 2, key_column))
+    assert os.path.exists(marker)  # the first attempt of task 0 really ran, wrote and died
+    table = collect(rs.data.read_topic(topic_name))
+    assert sorted(table["id"].to_pylist()) == list(range(900))  # nothing lost, nothing twice
 
 
 def test_write_topic_without_schema(cluster, topic_name):

@@ -7,12 +7,15 @@ from pathlib import Path
 
 import msgpack
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from raystream.core.producer_state import (
     MAX_SEQUENCE,
     BatchMetadata,
     DuplicateBatch,
     ProducerStateManager,
+    ReplayOverlap,
     batch_last_sequence,
     increment_sequence,
 )
@@ -373,3 +376,62 @@ def test_snapshots_above_and_below_an_offset_are_deleted(tmp_path):
         snapshot_path(tmp_path, -1)
     assert snapshot_offset("12.snapshot") == 12 and snapshot_offset("x.snapshot") is None
     assert snapshot_offset("12.snapshot.tmp") is None and snapshot_offset(".snapshot") is None
+
+
+# -- replay producers ---------------------------------------------------------------------------------------------
+def _replay(producer: Producer, seq: int, count: int):
+    """A replay producer's batch: only the records the log lacks are appended (ReplayOverlap's rest)."""
+    answer = producer.manager.check_and_prepare(PID, 0, seq, seq + count - 1, NOW, replay=True)
+    if isinstance(answer, DuplicateBatch):
+        return answer
+    if isinstance(answer, ReplayOverlap):
+        seq, count = seq + answer.skip, count - answer.skip
+    header = BatchHeader(producer.next_offset, count - 1, count, NOW, NOW, 0, PID, 0, seq)
+    producer.log.append(header)
+    producer.manager.update(header, NOW)
+    return header
+
+
+def test_a_replayed_run_drops_what_the_log_holds_and_appends_the_rest(producer):
+    for seq in range(0, 30, 10):  # the first run wrote records 0..29 in batches of 10, then died
+        _replay(producer, seq, 10)
+    old = _replay(producer, 0, 25)  # the second run batches differently: 0..24 are all written
+    assert isinstance(old, DuplicateBatch) and old.base_offset == -1 and old.last_offset == 29
+    straddling = _replay(producer, 25, 10)  # 25..34: 25..29 are written, 30..34 are new
+    assert straddling.base_sequence == 30 and straddling.record_count == 5
+    assert sum(h.record_count for h in producer.log) == 35
+
+
+def test_a_replay_gap_is_still_out_of_order(producer):
+    _replay(producer, 0, 10)
+    with pytest.raises(OutOfOrderSequenceError):
+        _replay(producer, 12, 3)
+
+
+def test_without_replay_an_old_sequence_is_out_of_order(producer):
+    for seq in range(6):
+        producer.send(PID, 0, seq)
+    assert isinstance(producer.manager.check_and_prepare(PID, 0, 0, 0, NOW, replay=True), DuplicateBatch)
+    with pytest.raises(OutOfOrderSequenceError):
+        producer.manager.check_and_prepare(PID, 0, 0, 0, NOW)
+
+
+@settings(max_examples=200, deadline=None)
+@given(runs=st.lists(st.lists(st.integers(1, 7), min_size=1, max_size=8), min_size=1, max_size=4),
+       stops=st.lists(st.integers(0, 40), min_size=4, max_size=4))
+def test_any_number_of_differently_batched_partial_runs_write_each_record_once(runs, stops):
+    producer = Producer(ProducerStateManager("topic-0"))
+    total = 30
+    for run, stop in zip(runs, stops, strict=False):
+        seq, sizes = 0, iter(run * 30)
+        while seq < min(stop, total):  # a run that dies after ``stop`` records
+            count = min(next(sizes), total - seq)
+            _replay(producer, seq, count)
+            seq += count
+    seq, sizes = 0, iter(runs[0] * 30)
+    while seq < total:  # the run that completes
+        count = min(next(sizes), total - seq)
+        _replay(producer, seq, count)
+        seq += count
+    sequences = [s for h in producer.log for s in range(h.base_sequence, h.base_sequence + h.record_count)]
+    assert sequences == list(range(total))
