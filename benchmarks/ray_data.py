@@ -4,16 +4,20 @@ Prints ONE JSON object to stdout; progress goes to stderr. An embedded local clu
 ``ray.init(address="local")``, data under a temporary directory removed at the end; every Ray process
 started here is stopped here).
 
-* ``--rows`` rows (default 2,000,000) of 10 columns (5 int64, 5 float64) are written with
+* ``--rows`` rows (default 10,000,000) of 10 columns (5 int64, 5 float64) are written with
   ``rs.data.write_topic`` (``write_topic_rows_per_s``; producer requests of 16 MiB, the topic's
   ``max.message.bytes`` raised to match) to a 4-partition Arrow-native topic (RF=1), and the same rows with
   ``pyarrow.parquet`` to 4 Parquet files (one per partition's share) in a temporary directory;
 * ``read_topic(...).materialize()`` vs ``ray.data.read_parquet(dir).materialize()`` (all columns; best of
   ``--repeats``), ``ratio`` = topic time / Parquet time (lower is better for the topic);
 * reading 1 of the 10 columns vs all 10 from the topic (``columns=["c0"]``: projected in the replicas),
-  ``one_vs_all_ratio`` = one-column time / all-columns time; the same for Parquet for reference.
+  ``one_vs_all_ratio`` = one-column time / all-columns time; the same for Parquet for reference;
+* ``fixed_s``: a one-column read of only 1,000 rows (what every read costs whatever its size: Ray Data's
+  executor, planning, one task);
+* filters run in the replicas: ``c0 < 1 %`` of its range (random data: every batch is read and filtered)
+  and ``_offset < 1 %`` of each partition (batch statistics skip the other batches unread).
 
-    .venv/bin/python benchmarks/ray_data.py [--rows 2000000] [--repeats 2]
+    .venv/bin/python benchmarks/ray_data.py [--rows 10000000] [--repeats 2]
 """
 
 from __future__ import annotations
@@ -98,9 +102,9 @@ def run(args: argparse.Namespace, root: str) -> dict[str, Any]:
         results["parquet_write_s"] = round(time.perf_counter() - t0, 3)
         del ds
 
-        def read_topic(columns=None):
-            mat = rs.data.read_topic(topic, columns=columns).materialize()
-            assert mat.count() == args.rows, mat.count()
+        def read_topic(columns=None, row_filter=None, expect=args.rows):
+            mat = rs.data.read_topic(topic, columns=columns, filter=row_filter).materialize()
+            assert mat.count() == expect, mat.count()
             return mat.num_blocks()
 
         def read_parquet(columns=None):
@@ -123,6 +127,22 @@ def run(args: argparse.Namespace, root: str) -> dict[str, Any]:
                                "read_topic_rows_per_s": round(args.rows / topic_all),
                                "read_parquet_rows_per_s": round(args.rows / parquet_all),
                                "read_topic_blocks": topic_blocks, "read_parquet_blocks": parquet_blocks}
+        progress("fixed cost and filters")
+        fixed, _ = best(lambda: rs.data.read_topic(topic, columns=["c0"], end=1000).materialize(), args.repeats)
+        import pyarrow.compute as pc
+
+        c0 = table.column("c0").to_numpy()
+        threshold = int(np.quantile(c0, 0.01))
+        expect_c0 = int((c0 < threshold).sum())
+        filter_c0, _ = best(lambda: read_topic(["c0"], pc.field("c0") < threshold, expect_c0), args.repeats)
+        per_partition = [p.high_watermark for p in desc.partitions]
+        cut = min(per_partition) // 100
+        filter_offset, _ = best(lambda: read_topic(["c0"], pc.field("_offset") < cut, cut * PARTITIONS),
+                                args.repeats)
+        results["fixed_s"] = round(fixed, 3)
+        results["filters"] = {"c0_1pct_s": round(filter_c0, 3), "c0_1pct_rows": expect_c0,
+                              "offset_1pct_s": round(filter_offset, 3), "offset_1pct_rows": cut * PARTITIONS,
+                              "all_columns_s": round(topic_all, 3)}
         results["projection"] = {"read_topic_one_s": round(topic_one, 3), "read_topic_all_s": round(topic_all, 3),
                                  "one_vs_all_ratio": round(topic_one / topic_all, 3),
                                  "read_parquet_one_s": round(parquet_one, 3),
@@ -135,7 +155,7 @@ def run(args: argparse.Namespace, root: str) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rows", type=int, default=2_000_000)
+    parser.add_argument("--rows", type=int, default=10_000_000)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--dir", default=None, help="parent of the temporary directory (default: /tmp)")
     args = parser.parse_args(argv)

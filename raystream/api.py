@@ -34,24 +34,36 @@ class ClusterHandle:
 
 
 def default_data_dir() -> str:
-    return os.environ.get("RAYSTREAM_DATA_DIR") or str(Path.home() / ".raystream" / "data")
+    from raystream.cluster_config import HOME_DATA_DIR
+
+    return os.environ.get("RAYSTREAM_DATA_DIR") or str(Path(HOME_DATA_DIR).expanduser())
 
 
-def init(address: str | None = None, data_dir: str | None = None, cluster: str = "default",
-         broker_config: dict[str, Any] | None = None, **ray_init_kwargs: Any) -> ClusterHandle:
-    """Connect to (or start) the raystream cluster ``cluster``. Idempotent for the same arguments."""
+def init(address: str | None = None, data_dir: str | None = None, cluster: str | None = None,
+         broker_config: dict[str, Any] | None = None, config: str | os.PathLike | None = None,
+         **ray_init_kwargs: Any) -> ClusterHandle:
+    """Connect to (or start) the raystream cluster ``cluster``. Idempotent for the same arguments.
+
+    ``config``: a cluster defaults file (``raystream.yaml``; else ``$RAYSTREAM_CONFIG``; format and
+    precedence in :mod:`raystream.cluster_config`). Arguments win over the environment, which wins over
+    the file: ``cluster`` defaults to the file's, else ``"default"``; ``broker_config`` keys win over the
+    file's ``broker`` section. The file's broker settings and topic defaults are given to the controller
+    when this call creates it."""
     global _current
-    validate_cluster_name(cluster)
+    from raystream import cluster_config
+
+    file = cluster_config.load(config)
+    where = cluster_config.resolve_connection(file, address, cluster, data_dir)
+    cluster = validate_cluster_name(where.cluster)
     if _current is not None and _current.cluster == cluster and ray.is_initialized():
         return _current
     started_ray = False
     if not ray.is_initialized():
-        address = address or os.environ.get("RAY_ADDRESS") or None
         ray_init_kwargs.setdefault("log_to_driver", False)
         # "local" starts a new embedded Ray; plain None would join any cluster `ray start` left running.
-        ray.init(address=address or "local", **ray_init_kwargs)
-        started_ray = address is None
-    data_dir = str(Path(data_dir or default_data_dir()).expanduser().resolve())
+        ray.init(address=where.address or "local", **ray_init_kwargs)
+        started_ray = where.address is None
+    data_dir = where.data_dir
     from raystream.actors.controller import Controller
 
     here = ray.get_runtime_context().get_node_id()
@@ -59,7 +71,7 @@ def init(address: str | None = None, data_dir: str | None = None, cluster: str =
         name=controller_actor_name(cluster), namespace=ACTOR_NAMESPACE, get_if_exists=True,
         lifetime="detached", num_cpus=0, max_restarts=-1, max_task_retries=-1,
         scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False),
-    ).remote(cluster, data_dir, broker_config)
+    ).remote(cluster, data_dir, file.broker_config(broker_config) or None, dict(file.topic_defaults) or None)
     ray.get(controller.start.remote())
     _current = ClusterHandle(cluster, data_dir, controller, started_ray)
     _set_client_context(_current)

@@ -1,10 +1,10 @@
 """``raystream start|status|stop``: run raystream on a running Ray cluster and look at it.
 
 ``start`` finds or creates the cluster's controller (idempotent; it registers a broker on every Ray node and
-re-creates any missing replica); ``status`` shows nodes, brokers, topics (leader, ISR, under-replicated,
-offline partitions) and consumer groups with their lag, as ``rich`` tables or ``--json``; ``stop`` stops
-the controller and every replica gracefully (logs flushed and closed; the data stays on disk, and the next
-``start`` finds everything again).
+re-creates any missing replica; a controller it creates takes the ``--config`` file's defaults); ``status``
+shows nodes, brokers, topics (leader, ISR, under-replicated, offline partitions) and consumer groups with
+their lag, as ``rich`` tables or ``--json``; ``stop`` stops the controller and every replica gracefully
+(logs flushed and closed; the data stays on disk, and the next ``start`` finds everything again).
 """
 
 from __future__ import annotations
@@ -79,13 +79,18 @@ def _print_status(status: dict[str, Any]) -> None:
 @click.pass_context
 @friendly_errors
 def start(ctx: click.Context) -> None:
-    """Start raystream on the running Ray cluster (idempotent)."""
+    """Start raystream on the running Ray cluster (idempotent).
+
+    With --config (or RAYSTREAM_CONFIG), a controller created now takes the file's broker settings and
+    topic defaults; one already running keeps its own (run `raystream stop` first to change them).
+    """
     import raystream as rs
 
     connect(ctx)
     handle = rs.current()
+    config_file = (ctx.find_root().obj or {}).get("config")
     click.echo(f"raystream cluster {handle.cluster} is running with {len(handle.brokers())} broker(s); "
-               f"data dir {handle.data_dir}")
+               f"data dir {handle.data_dir}" + (f"; defaults from {config_file}" if config_file else ""))
 
 
 @click.command("status")

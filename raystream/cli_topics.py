@@ -58,8 +58,11 @@ def topics() -> None:
 
 @topics.command("create")
 @click.argument("topic")
-@click.option("--partitions", type=int, default=1, show_default=True)
-@click.option("--replication-factor", type=int, default=1, show_default=True)
+@click.option("--partitions", type=int, default=None,
+              help="Partition count [default: the cluster's num.partitions, 1 unless the config file sets it].")
+@click.option("--replication-factor", type=int, default=None,
+              help="Replicas per partition [default: the cluster's default.replication.factor, 1 unless the "
+                   "config file sets it].")
 @click.option("--config", "configs", multiple=True, help="Topic config KEY=VALUE (repeatable).")
 @click.pass_context
 @friendly_errors

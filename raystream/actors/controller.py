@@ -77,11 +77,15 @@ def register_broker(cluster: str, default_data_dir: str, proposed_id: int) -> tu
 
 
 class Controller(FailoverMixin, GroupCoordinatorMixin):
-    def __init__(self, cluster: str, data_dir: str, broker_config: dict[str, Any] | None = None) -> None:
+    def __init__(self, cluster: str, data_dir: str, broker_config: dict[str, Any] | None = None,
+                 topic_defaults: dict[str, Any] | None = None) -> None:
         logs.configure()
         self.cluster = cluster
         self.data_dir = data_dir
         self.broker_config = BrokerConfig.from_dict(broker_config)
+        #: What a new topic gets for each config it does not set (the cluster defaults file's topic_defaults
+        #: over Kafka's defaults); resolved at create and recorded with the topic.
+        self.topic_defaults = TopicConfig.from_dict(topic_defaults)
         self.metadata = ClusterMetadata()
         self._dir = Path(data_dir) / cluster / METADATA_DIR
         self._dir.mkdir(parents=True, exist_ok=True)
@@ -250,13 +254,19 @@ class Controller(FailoverMixin, GroupCoordinatorMixin):
             await handle.become_follower.remote(state.leader_epoch, state.leader, list(state.replicas))
 
     # -- topics ---------------------------------------------------------------------------------------------------
-    async def create_topic(self, name: str, partitions: int, replication_factor: int,
+    async def create_topic(self, name: str, partitions: int | None = None, replication_factor: int | None = None,
                            config: dict[str, Any] | None = None, schema_bytes: bytes | None = None,
                            key_column: str | None = None) -> TopicMetadata:
+        """``None`` partitions / replication factor: the broker's ``num.partitions`` /
+        ``default.replication.factor``; configs not given: ``self.topic_defaults``."""
         validate_topic_name(name)
+        if partitions is None:
+            partitions = self.broker_config.num_partitions
+        if replication_factor is None:
+            replication_factor = self.broker_config.default_replication_factor
         if not isinstance(partitions, int) or isinstance(partitions, bool) or partitions < 1:
             raise InvalidPartitionsError(f"partitions must be an int >= 1, got {partitions!r}")
-        topic_config = TopicConfig.from_dict(config).to_dict()
+        topic_config = TopicConfig.from_dict(config, base=self.topic_defaults).to_dict()
         async with self._registration_lock_(), self._lock_():
             if name in self.metadata.topics:
                 raise TopicAlreadyExistsError(f"topic {name!r} already exists")

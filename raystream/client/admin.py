@@ -59,15 +59,20 @@ class Admin:
         self._timeout_s = request_timeout_ms / 1000
         self._closed = False
 
-    def create_topic(self, name: str, partitions: int = 1, replication_factor: int = 1,
+    def create_topic(self, name: str, partitions: int | None = None, replication_factor: int | None = None,
                      config: Mapping[str, Any] | None = None, schema: pa.Schema | None = None,
                      key_column: str | None = None) -> None:
         """Create a topic. With ``schema`` (a ``pyarrow.Schema``) it is Arrow-native: producers send tables
-        of that schema; ``key_column`` names the column keyed partitioning and compaction use."""
+        of that schema; ``key_column`` names the column keyed partitioning and compaction use.
+        ``partitions`` / ``replication_factor`` left ``None`` take the cluster's ``num.partitions`` /
+        ``default.replication.factor`` (1 and 1 unless the cluster defaults file says otherwise), and every
+        config not in ``config`` takes the cluster's topic default, as Kafka's CreateTopics does."""
         self._check_open()
         _check_name(name)
-        _check_count("partitions", partitions)
-        _check_count("replication_factor", replication_factor)
+        if partitions is not None:
+            _check_count("partitions", partitions)
+        if replication_factor is not None:
+            _check_count("replication_factor", replication_factor)
         config = _check_config(config)
         schema_bytes = None
         if schema is not None:

@@ -41,7 +41,7 @@ class BaseTransport(abc.ABC):
     def get_brokers(self, timeout_s: float | None = None) -> dict[int, BrokerInfo]: ...
 
     @abc.abstractmethod
-    def create_topic(self, name: str, partitions: int, replication_factor: int,
+    def create_topic(self, name: str, partitions: int | None, replication_factor: int | None,
                      config: dict[str, Any] | None = None, schema_bytes: bytes | None = None,
                      key_column: str | None = None, timeout_s: float | None = None) -> TopicMetadata: ...
 

@@ -95,7 +95,7 @@ class RayTransport(BaseTransport):
     def get_brokers(self, timeout_s: float | None = None) -> dict[int, BrokerInfo]:
         return self._call("get_brokers", timeout_s=timeout_s)
 
-    def create_topic(self, name: str, partitions: int, replication_factor: int,
+    def create_topic(self, name: str, partitions: int | None, replication_factor: int | None,
                      config: dict[str, Any] | None = None, schema_bytes: bytes | None = None,
                      key_column: str | None = None, timeout_s: float | None = None) -> TopicMetadata:
         return self._call("create_topic", name, partitions, replication_factor, config, schema_bytes, key_column,

@@ -47,7 +47,8 @@ def test_topics_produce_consume(cluster, topic_name):
 def test_errors_are_one_line_and_exit_nonzero(cluster, topic_name):
     for args in (["topics", "create", "bad/name"], ["topics", "describe", topic_name + "-nope"],
                  ["topics", "create", topic_name, "--config", "retention.ms=soon"],
-                 ["topics", "create", topic_name, "--config", "novalue"]):
+                 ["topics", "create", topic_name, "--config", "novalue"],
+                 ["--config", f"/nonexistent/{topic_name}.yaml", "topics", "list"]):
         result = run(cluster, *args)
         assert result.exit_code != 0
         assert "Traceback" not in result.output

@@ -200,7 +200,8 @@ class FakeTransport(BaseTransport):
     def get_brokers(self, timeout_s: float | None = None) -> dict[int, BrokerInfo]:
         return {b: BrokerInfo(b, f"node{b}", "/tmp") for b in self.brokers}
 
-    def create_topic(self, name: str, partitions: int, replication_factor: int, config: dict | None = None,
+    def create_topic(self, name: str, partitions: int | None, replication_factor: int | None,
+                     config: dict | None = None,
                      schema_bytes: bytes | None = None, key_column: str | None = None,
                      timeout_s: float | None = None) -> TopicMetadata:
         with self.lock:
@@ -208,7 +209,7 @@ class FakeTransport(BaseTransport):
             if name in self.topics:
                 raise errors.TopicAlreadyExistsError(f"topic {name!r} already exists")
             schema = pa.ipc.read_schema(pa.py_buffer(schema_bytes)) if schema_bytes else None
-            return self.add_topic(name, partitions, schema, key_column)
+            return self.add_topic(name, partitions or 1, schema, key_column)
 
     def delete_topic(self, name: str, timeout_s: float | None = None) -> None:
         with self.lock:
