@@ -16,6 +16,7 @@ from typing import Any
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from raystream import errors
 from raystream.core.names import validate_cluster_name
 from raystream.protocol import ACTOR_NAMESPACE, controller_actor_name
 
@@ -41,14 +42,16 @@ def default_data_dir() -> str:
 
 def init(address: str | None = None, data_dir: str | None = None, cluster: str | None = None,
          broker_config: dict[str, Any] | None = None, config: str | os.PathLike | None = None,
-         **ray_init_kwargs: Any) -> ClusterHandle:
+         create: bool = True, **ray_init_kwargs: Any) -> ClusterHandle:
     """Connect to (or start) the raystream cluster ``cluster``. Idempotent for the same arguments.
 
     ``config``: a cluster defaults file (``raystream.yaml``; else ``$RAYSTREAM_CONFIG``; format and
     precedence in :mod:`raystream.cluster_config`). Arguments win over the environment, which wins over
     the file: ``cluster`` defaults to the file's, else ``"default"``; ``broker_config`` keys win over the
     file's ``broker`` section. The file's broker settings and topic defaults are given to the controller
-    when this call creates it."""
+    when this call creates it. ``create=False`` only joins a running cluster (ClusterNotFoundError if
+    there is none): what the CLI's commands other than ``raystream start`` do, so that no command starts a
+    controller by accident — on whatever node it happens to run."""
     global _current
     from raystream import cluster_config
 
@@ -66,6 +69,16 @@ def init(address: str | None = None, data_dir: str | None = None, cluster: str |
     data_dir = where.data_dir
     from raystream.actors.controller import Controller
 
+    if not create:
+        try:
+            controller = ray.get_actor(controller_actor_name(cluster), namespace=ACTOR_NAMESPACE)
+        except ValueError:
+            raise errors.ClusterNotFoundError(
+                f"no raystream cluster named {cluster!r} is running on this Ray cluster; start it with "
+                f"`raystream start`") from None
+        _current = ClusterHandle(cluster, data_dir, controller, started_ray)
+        _set_client_context(_current)
+        return _current
     here = ray.get_runtime_context().get_node_id()
     controller = ray.remote(Controller).options(
         name=controller_actor_name(cluster), namespace=ACTOR_NAMESPACE, get_if_exists=True,

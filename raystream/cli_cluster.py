@@ -86,7 +86,7 @@ def start(ctx: click.Context) -> None:
     """
     import raystream as rs
 
-    connect(ctx)
+    connect(ctx, create=True)
     handle = rs.current()
     config_file = (ctx.find_root().obj or {}).get("config")
     click.echo(f"raystream cluster {handle.cluster} is running with {len(handle.brokers())} broker(s); "

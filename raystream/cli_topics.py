@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import logging
 import sys
 
 import click
@@ -16,13 +17,15 @@ import click
 from raystream import errors
 
 
-def connect(ctx: click.Context) -> None:
+def connect(ctx: click.Context, create: bool = False) -> None:
+    """Join the raystream cluster on the Ray cluster; only ``raystream start`` (``create``) may start one."""
     import raystream as rs
 
     opts = ctx.find_root().obj or {}
     try:
+        # Ray's INFO lines ("Connecting to existing Ray cluster ...") are noise in a command's output.
         rs.init(address=opts.get("address") or "auto", cluster=opts.get("cluster", "default"),
-                data_dir=opts.get("data_dir"))
+                data_dir=opts.get("data_dir"), create=create, logging_level=logging.WARNING)
     except ConnectionError as exc:
         raise click.ClickException(f"cannot reach a Ray cluster ({exc}); start one with `ray start --head` "
                                    "or pass --address") from None
