@@ -1,7 +1,8 @@
 """``raystream topics|produce|consume|perf-test``: Kafka's command-line tools, on raystream.
 
-Every command connects with ``rs.init`` (to ``--address``, else ``RAY_ADDRESS``, else a running local
-cluster via ``auto``). Expected failures print one line on stderr and exit 1.
+Every command joins the running raystream cluster with ``rs.init(create=False)`` (to ``--address``, else
+``RAY_ADDRESS``, else a running local Ray via ``auto``); only ``raystream start`` may create one. Expected
+failures print one line on stderr and exit 1.
 """
 
 from __future__ import annotations
