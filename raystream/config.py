@@ -146,6 +146,10 @@ class BrokerConfig:
     #: old (by the batch's max timestamp); its next batch then starts a new sequence (the client bumps its
     #: epoch and retries).
     producer_id_expiration_ms: int = 86_400_000
+    #: raystream's: how often the group coordinator computes every group's lag for the
+    #: ``raystream_consumer_group_lag`` gauge (one ListOffsets per partition with a committed offset a round;
+    #: a round finishes before the next one is due). Ray exports metrics every 10 s by default.
+    metrics_group_lag_interval_ms: int = 10_000
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any] | None = None) -> BrokerConfig:

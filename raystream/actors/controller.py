@@ -27,6 +27,7 @@ import pyarrow as pa
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from raystream import metrics
 from raystream.actors import logs
 from raystream.actors.failover import FailoverMixin
 from raystream.actors.groups import GroupCoordinatorMixin
@@ -116,11 +117,16 @@ class Controller(FailoverMixin, GroupCoordinatorMixin):
             os.truncate(self._log_path, good)
 
     def _record(self, record: dict[str, Any]) -> None:
-        """Persist then apply one change (the write-ahead rule)."""
+        """Persist then apply one change (the write-ahead rule). Every ISR change (leader proposals, fenced
+        followers, elections, lost logs) passes here, so this is where ISR shrinks and expands are counted."""
         self._log_file.write(msgpack.packb(record))
         self._log_file.flush()
         os.fsync(self._log_file.fileno())
+        isr_before = self.metadata.topics[record["topic"]].partitions[record["p"]].isr \
+            if record["t"] == "partition" else None
         self.metadata.apply(record)
+        if isr_before is not None:
+            metrics.isr_changed(record["topic"], isr_before, record["isr"])
 
     def _lock_(self) -> asyncio.Lock:
         if self._lock is None:

@@ -38,6 +38,7 @@ from typing import Any
 import ray
 import ray.exceptions as rex
 
+from raystream import metrics
 from raystream.config import TopicConfig
 from raystream.core.election import Election, elect_leader, fence_dead_followers, replacement_broker
 from raystream.core.metadata import ClusterMetadata, TopicState
@@ -62,6 +63,7 @@ class FailoverMixin:
         self._forgotten_brokers: set[int] = set()  # dead brokers whose replica actors were killed
         self._offline_since: dict[tuple[str, int, int], float] = {}  # recorded leaders reporting no role
         self._alive_nodes: set[str] | None = None  # Ray's live node ids, as the node loop last saw them
+        self._gauges = metrics.ControllerGauges()  # partition health here, group lag in the coordinator
         self._registration: asyncio.Lock | None = None
         self._monitor: asyncio.Task | None = None
         try:
@@ -166,6 +168,18 @@ class FailoverMixin:
                     self._broker_dead_since.setdefault(broker, now)
             await self._decide(now, dict(self._reports))
             await self._reassign_dead_brokers(now)
+            self._report_partition_health()
+
+    def _report_partition_health(self) -> None:
+        """Per topic, the under-replicated (ISR smaller than the replica set) and offline (no leader)
+        partitions of the metadata — what ``raystream status`` shows — as gauges (``raystream.metrics``;
+        a deleted topic's go to 0 once, then away)."""
+        topics = self.metadata.topics
+        self._gauges.under_replicated.update(
+            {(name,): sum(len(s.isr) < len(s.replicas) for s in t.partitions.values()) for name, t in topics.items()})
+        self._gauges.offline.update({(name,): sum(s.leader < 0 for s in t.partitions.values())
+                                     for name, t in topics.items()})
+        self._gauges.refresh()
 
     async def _check_nodes(self) -> None:
         """Follow Ray's node table: a dead broker's replica actors are killed (so the names are free when

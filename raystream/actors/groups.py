@@ -27,13 +27,15 @@ from typing import Any
 
 from raystream.core.assignors import Subscription
 from raystream.core.group import GroupMetadata, GroupState, JoinCompletion
+from raystream.core.lag import consumer_lag
 from raystream.errors import GroupIdNotFoundError, GroupNotEmptyError, UnknownMemberIdError
-from raystream.protocol import TopicPartition
+from raystream.protocol import LATEST, TopicPartition
 from raystream.storage.compacted_map import CompactedMap
 
 log = logging.getLogger(__name__)
 OFFSETS_DIR = "__consumer_offsets"
 _GROUP_TICK_S = 0.1
+_LAG_CALLS_IN_FLIGHT_MAX = 64  # ListOffsets calls to leaders at once while computing the lag gauges
 
 
 def _now_ms() -> int:
@@ -41,8 +43,8 @@ def _now_ms() -> int:
 
 
 class GroupCoordinatorMixin:
-    """Consumer groups (see the module docstring). Needs the controller's ``metadata``, ``_dir`` parent and
-    ``broker_config``."""
+    """Consumer groups (see the module docstring). Needs the controller's ``metadata``, ``_dir`` parent,
+    ``broker_config`` and (for the lag gauges) ``_cached_handle`` and ``_gauges``."""
 
     def _init_groups(self, root: Path) -> None:
         self._groups: dict[str, GroupMetadata] = {}
@@ -52,8 +54,9 @@ class GroupCoordinatorMixin:
         self._offsets = CompactedMap(root / OFFSETS_DIR)
         try:
             self._group_task = asyncio.get_running_loop().create_task(self._group_loop())
+            self._lag_task: asyncio.Task | None = asyncio.get_running_loop().create_task(self._lag_loop())
         except RuntimeError:  # not on an event loop (constructed in a unit test)
-            self._group_task = None
+            self._group_task = self._lag_task = None
 
     def _group(self, group_id: str, create: bool = False) -> GroupMetadata | None:
         group = self._groups.get(group_id)
@@ -165,6 +168,58 @@ class GroupCoordinatorMixin:
                 raise
             except Exception:
                 log.exception("group coordinator tick failed")
+
+    # -- lag metrics ---------------------------------------------------------------------------------------------
+    async def _lag_loop(self) -> None:
+        """Every ``metrics.group.lag.interval.ms``: each group's lag per topic as a gauge."""
+        interval_s = self.broker_config.metrics_group_lag_interval_ms / 1000
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await self._report_group_lag()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("group lag metrics failed")
+
+    async def _report_group_lag(self) -> None:
+        """The lag ``describe_group`` shows (committed offsets here, each leader's high watermark, one
+        :func:`~raystream.core.lag.consumer_lag`), summed per (group, topic) over its partitions with a
+        committed offset. A (group, topic) with a partition whose lag is unknown this round (no leader, or
+        it did not answer) keeps its last value; one without committed offsets any more (group deleted,
+        offsets expired, topic deleted) goes to 0 once, then away (``raystream.metrics.ControllerGauges``)."""
+        committed: dict[str, dict[TopicPartition, int]] = {}
+        for (group_id, topic, partition), (offset, _, _) in self._offsets.items():
+            if topic in self.metadata.topics:
+                committed.setdefault(group_id, {})[TopicPartition(topic, partition)] = offset
+        ends = await self._high_watermarks({tp for offsets in committed.values() for tp in offsets})
+        lags: dict[tuple[str, str], int | None] = {}
+        for group_id, offsets in committed.items():
+            for tp, lag in consumer_lag(offsets, ends).items():
+                key, known = (group_id, tp.topic), lags.get((group_id, tp.topic), 0)
+                lags[key] = None if lag is None or known is None else known + lag
+        self._gauges.group_lag.update(lags)
+
+    async def _high_watermarks(self, tps: set[TopicPartition]) -> dict[TopicPartition, int | None]:
+        """Each partition's high watermark from its leader (ListOffsets LATEST, as ``Admin.describe_group``
+        asks); None where there is no leader or it did not answer within the session timeout."""
+        timeout_s = self.broker_config.replica_session_timeout_ms / 1000
+        in_flight = asyncio.Semaphore(_LAG_CALLS_IN_FLIGHT_MAX)
+
+        async def ask(tp: TopicPartition) -> int | None:
+            topic = self.metadata.topics.get(tp.topic)
+            state = topic.partitions.get(tp.partition) if topic is not None else None
+            if state is None or state.leader < 0:
+                return None
+            async with in_flight:
+                try:
+                    handle = self._cached_handle((tp.topic, tp.partition, state.leader))
+                    return await asyncio.wait_for(handle.list_offset.remote(LATEST), timeout_s)
+                except Exception:  # leader moving, restarting or gone: unknown this round
+                    return None
+
+        ordered = sorted(tps)
+        return dict(zip(ordered, await asyncio.gather(*(ask(tp) for tp in ordered)), strict=True))
 
     def _expire_offsets(self, retention_ms: int) -> None:
         """Kafka's offsets.retention.minutes: offsets of a group empty (or unknown) for that long go."""

@@ -30,6 +30,7 @@ from typing import Any
 import pyarrow as pa
 import ray
 
+from raystream import metrics
 from raystream.actors import logs
 from raystream.actors.producer_ids import (
     PRODUCER_ID_EXPIRATION_CHECK_INTERVAL_MS,
@@ -101,6 +102,7 @@ class PartitionReplica:
         logs.configure()
         self.cluster, self.topic, self.partition, self.broker_id = cluster, topic, partition, broker_id
         self.name = f"{topic}-{partition} broker={broker_id}"
+        self.metrics = metrics.ReplicaMetrics(topic, partition, broker_id)  # see raystream.metrics
         self.broker_config = BrokerConfig(**broker_config)
         schema = pa.ipc.read_schema(pa.py_buffer(schema_bytes)) if schema_bytes else None
         reconstructed = ray.get_runtime_context().was_current_actor_reconstructed
@@ -145,6 +147,7 @@ class PartitionReplica:
             self._hw_event = asyncio.Event()
             hw.set()
 
+    @metrics.long_poll_wait  # not fetch latency
     async def _wait(self, which: str, timeout_s: float) -> None:
         data, hw = self._events()
         event = data if which == "data" else hw
@@ -222,6 +225,7 @@ class PartitionReplica:
                 pass  # check_leader answers NotLeaderError: the client refreshes metadata and retries
 
     # -- produce -------------------------------------------------------------------------------------------
+    @metrics.produce_request
     async def produce(self, batch: pa.RecordBatch | pa.Table, acks: int, timeout_ms: int,
                       leader_epoch: int | None = None, producer_id: int = -1, producer_epoch: int = -1,
                       base_sequence: int = -1, replay: bool = False) -> ProduceResult:
@@ -272,6 +276,7 @@ class PartitionReplica:
                                    producer_id=producer_id, producer_epoch=producer_epoch,
                                    base_sequence=base_sequence, schema_id=self.schema_id)
             self.producers.record(info.header)
+            self.metrics.produced(batch.nbytes, info.record_count)
             self._signal("data")
             self._advance_high_watermark()
             result = ProduceResult(info.base_offset, info.log_append_time, self.log.log_start_offset,
@@ -300,6 +305,7 @@ class PartitionReplica:
             self._signal("hw")
 
     # -- fetch ---------------------------------------------------------------------------------------------
+    @metrics.fetch_request  # latency (without long-poll waits), records and bytes out
     async def fetch(self, offset: int, max_bytes: int, max_wait_ms: int, min_bytes: int,
                     columns: list[str] | None = None, leader_epoch: int | None = None,
                     row_filter: Any = None) -> FetchResult:
@@ -538,6 +544,7 @@ class PartitionReplica:
         while True:
             await asyncio.sleep(min(cfg.replica_lag_time_max_ms / 2, 1000) / 1000)
             try:
+                self.metrics.log_size(self.log.size_bytes)
                 if self.state.role is Role.LEADER:
                     shrunk = self.state.isr_to_shrink(_now_ms(), cfg.replica_lag_time_max_ms)
                     if shrunk is not None:

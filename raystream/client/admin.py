@@ -16,6 +16,7 @@ import pyarrow as pa
 from raystream import errors
 from raystream.client import context
 from raystream.client.base import BaseTransport
+from raystream.core.lag import consumer_lag
 from raystream.core.names import validate_topic_name
 from raystream.errors import ClosedError
 from raystream.protocol import EARLIEST, LATEST, GroupDescription, TopicDescription, TopicPartition
@@ -137,7 +138,7 @@ class Admin:
         d = self._transport.group_call("describe_group_state", _check_group(group_id), timeout_s=self._timeout_s)
         offsets = {tp: offset for tp, (offset, _) in d["offsets"].items()}
         ends = self._offsets_of(sorted(offsets), LATEST)
-        lag = {tp: (None if ends.get(tp) is None else max(ends[tp] - o, 0)) for tp, o in offsets.items()}
+        lag = consumer_lag(offsets, ends)
         return GroupDescription(d["group_id"], d["state"], d["generation_id"], d["members"], offsets, lag,
                                 d["protocol"])
 

@@ -19,11 +19,15 @@ def cluster(tmp_path_factory):
 
     if ray.is_initialized():  # a fault test's private cluster must not leak into this session
         ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # Metrics reach Ray's Prometheus endpoint every metrics_report_interval_ms (10 s by default; Ray floors it
+    # at 1 s): tests/integration/test_metrics.py reads them back without waiting 10 s per value.
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             _system_config={"metrics_report_interval_ms": 1000})
     data_dir = tmp_path_factory.mktemp("raystream-data")
     handle = rs.init(data_dir=str(data_dir), cluster="it",
                      broker_config={"replica.lag.time.max.ms": 3000,
-                                            "group.initial.rebalance.delay.ms": 100})
+                                            "group.initial.rebalance.delay.ms": 100,
+                                            "metrics.group.lag.interval.ms": 500})
     yield handle
     rs.shutdown(stop_cluster=True)
     ray.shutdown()
