@@ -25,6 +25,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from raystream.clock import now_ms as _now_ms
 from raystream.core.assignors import Subscription
 from raystream.core.group import GroupMetadata, GroupState, JoinCompletion
 from raystream.core.lag import consumer_lag
@@ -37,9 +38,6 @@ OFFSETS_DIR = "__consumer_offsets"
 _GROUP_TICK_S = 0.1
 _LAG_CALLS_IN_FLIGHT_MAX = 64  # ListOffsets calls to leaders at once while computing the lag gauges
 
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 class GroupCoordinatorMixin:

@@ -35,6 +35,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+from raystream.clock import now_ms as _now_ms
 from raystream.core.producer_state import (
     MAX_SEQUENCE,
     DuplicateBatch,
@@ -61,9 +62,6 @@ PRODUCER_ID_EXPIRATION_CHECK_INTERVAL_MS = 600_000
 #: OutOfOrderSequenceError. The sender retries such a batch anyway; waiting saves the round trips.
 REORDER_WAIT_MS = 1000
 
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def sequence_ahead(exc: OutOfOrderSequenceError) -> bool:

@@ -1,17 +1,7 @@
 """The partition replica actor: one per (topic, partition, broker), owning that replica's segment log.
 
-Replication is **push**, driven by the leader: one replicator task per follower sends every new batch
-(read back from the leader's log as whole stored batches) to the follower, which appends it verbatim and
-answers with its log end offset. Why push rather than Kafka's pull: on Ray an actor call is the unit of
-cost, and a push needs one call per batch per follower where pull needs a long-poll plus the data; the
-leader also knows the moment data arrives, so acks=all completes one hop sooner. What pull gives Kafka —
-the follower decides when it is ready, and catch-up after an outage is the same code as steady state — we
-keep: the replicator always sends "from the follower's log end offset", so catch-up, steady state and
-re-sync after a restart are one loop. Batches put in the object store are shared between followers at the
-same position (the same ObjectRef is handed to each), and only the last few are kept.
-
-When a replicator is idle it still sends an empty push every ``replica.lag.time.max.ms / 3``: that is the
-heartbeat that keeps a live follower in the ISR and carries the high watermark.
+Roles, produce, fetch, admin and housekeeping live here; replication (push, driven by the leader) in
+:class:`raystream.actors.replication.ReplicationMixin`.
 
 Concurrency: an async actor. All log access happens on its event loop (the log is also lock-protected),
 except compaction, which runs in a worker thread (see ``raystream.storage.cleaner``).
@@ -37,6 +27,8 @@ from raystream.actors.producer_ids import (
     REORDER_WAIT_MS,
     ReplicaProducerState,
 )
+from raystream.actors.replication import ReplicationMixin
+from raystream.clock import now_ms as _now_ms
 from raystream.config import BrokerConfig, TopicConfig
 from raystream.core.partition_state import PartitionState
 from raystream.core.producer_state import ReplayOverlap
@@ -45,7 +37,6 @@ from raystream.errors import (
     NotEnoughReplicasError,
     NotLeaderError,
     OffsetOutOfRangeError,
-    RaystreamError,
     RequestTimeoutError,
 )
 from raystream.protocol import (
@@ -55,7 +46,6 @@ from raystream.protocol import (
     FetchResult,
     ProduceResult,
     Role,
-    replica_actor_name,
 )
 from raystream.storage.batch import OFFSET_COLUMN, TIMESTAMP_COLUMN
 from raystream.storage.cleaner import compact
@@ -63,11 +53,7 @@ from raystream.storage.log import Log
 from raystream.storage.schema_evolution import compatibility_problems, evolve
 
 log = logging.getLogger(__name__)
-_SHARED_REFS_MAX = 4
 
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 class _NoPandas:
@@ -94,7 +80,7 @@ def _keep_pandas_out() -> None:
         sys.meta_path.insert(0, _NoPandas())  # type: ignore[arg-type]
 
 
-class PartitionReplica:
+class PartitionReplica(ReplicationMixin):
     def __init__(self, cluster: str, topic: str, partition: int, broker_id: int, log_dir: str,
                  config: dict[str, Any], schema_bytes: bytes | None, key_column: str | None,
                  controller_name: str, broker_config: dict[str, Any], schema_id: int = 0) -> None:
@@ -361,120 +347,6 @@ class PartitionReplica:
             raise ValueError(f"offset spec must be EARLIEST (-2), LATEST (-1) or a timestamp >= 0, got {spec!r}")
         found = self.log.offset_for_timestamp(spec)
         return -1 if found is None or found >= self.state.high_watermark else found
-
-    # -- replication: leader side ----------------------------------------------------------------------------
-    def _follower(self, broker: int):
-        return ray.get_actor(replica_actor_name(self.cluster, self.topic, self.partition, broker),
-                             namespace=ACTOR_NAMESPACE)
-
-    async def _replicate_loop(self, broker: int, epoch: int) -> None:
-        cfg = self.broker_config
-        heartbeat_s = cfg.replica_lag_time_max_ms / 3000
-        follower_leo: int | None = None
-        handle = None
-        while self.state.role is Role.LEADER and self.state.leader_epoch == epoch:
-            try:
-                if handle is None or follower_leo is None:
-                    handle = self._follower(broker)
-                    follower_leo = await self._sync_follower(handle, epoch)
-                leo = self.log.log_end_offset
-                batches: Any = []
-                if follower_leo < leo:
-                    batches = self._shared_ref(follower_leo)
-                follower_leo = await asyncio.wait_for(
-                    handle.replicate.remote(epoch, self.broker_id, batches, self.state.high_watermark),
-                    timeout=cfg.request_timeout_ms / 1000)
-                self.state.record_follower(broker, follower_leo, leo, _now_ms())
-                self._advance_high_watermark()
-                await self._maybe_expand_isr(broker)
-                if follower_leo >= self.log.log_end_offset:
-                    await self._wait("data", heartbeat_s)
-            except asyncio.CancelledError:
-                raise
-            except RaystreamError as exc:
-                if exc.invalid_metadata or "epoch" in type(exc).__name__.lower():
-                    log.info("[%s] replication to broker %d stopped: %s", self.name, broker, exc)
-                    return
-                log.warning("[%s] replication to broker %d failed: %s", self.name, broker, exc)
-                follower_leo = None
-                await asyncio.sleep(cfg.replica_retry_backoff_ms / 1000)
-            except Exception as exc:  # follower dead, restarting or slow: retry after a backoff
-                log.info("[%s] follower %d unreachable (%s); retrying", self.name, broker, type(exc).__name__)
-                handle, follower_leo = None, None
-                await asyncio.sleep(cfg.replica_retry_backoff_ms / 1000)
-
-    async def _sync_follower(self, handle, epoch: int) -> int:
-        """KIP-101 handshake: truncate the follower to the end of its latest epoch as this leader knows it."""
-        status = await handle.replica_status.remote()
-        _, end = self.log.epoch_cache.end_offset_for(status["latest_epoch"], self.log.log_end_offset)
-        truncate_to = status["log_end_offset"] if end < 0 else min(end, status["log_end_offset"])
-        return await handle.truncate_for_leader.remote(epoch, self.broker_id, truncate_to,
-                                                       self.log.log_start_offset)
-
-    def _shared_ref(self, start: int) -> ray.ObjectRef:
-        """Batches from ``start`` put in the object store once and shared by followers at that offset."""
-        for (ref_start, ref_end), ref in self._shared_refs.items():
-            if ref_start == start and ref_end == self.log.log_end_offset:
-                return ref
-        batches = self.log.read_batches(start, self.broker_config.replica_fetch_max_bytes)
-        ref = ray.put(batches)
-        self._shared_refs[(start, self.log.log_end_offset)] = ref
-        while len(self._shared_refs) > _SHARED_REFS_MAX:
-            self._shared_refs.popitem(last=False)
-        return ref
-
-    async def _maybe_expand_isr(self, broker: int) -> None:
-        isr = self.state.isr_to_expand(broker)
-        if isr is not None:
-            await self._propose_isr(isr)
-
-    async def _propose_isr(self, isr: tuple[int, ...]) -> None:
-        if self._isr_change_pending:
-            return
-        self._isr_change_pending = True
-        try:
-            controller = ray.get_actor(self.controller_name, namespace=ACTOR_NAMESPACE)
-            new_isr, partition_epoch = await controller.alter_isr.remote(
-                self.topic, self.partition, self.broker_id, self.state.leader_epoch, list(isr),
-                self.state.partition_epoch)
-            self.state.apply_isr(tuple(new_isr), partition_epoch)
-            log.info("[%s] ISR is now %s", self.name, new_isr)
-            self._advance_high_watermark()
-            self._signal("hw")
-        except Exception as exc:  # controller restarting or we were fenced: the next check retries
-            log.warning("[%s] ISR change to %s not recorded: %s", self.name, list(isr), exc)
-        finally:
-            self._isr_change_pending = False
-
-    # -- replication: follower side ----------------------------------------------------------------------------
-    async def replica_status(self) -> dict[str, int]:
-        return {"log_end_offset": self.log.log_end_offset, "latest_epoch": self.log.epoch_cache.latest_epoch,
-                "log_start_offset": self.log.log_start_offset, "high_watermark": self.state.high_watermark}
-
-    async def truncate_for_leader(self, epoch: int, leader: int, offset: int, leader_log_start: int) -> int:
-        self.state.accept_replication(epoch, leader)
-        if offset < self.log.log_start_offset or self.log.log_end_offset < leader_log_start:
-            self.log.truncate_fully_and_start_at(leader_log_start)
-            self.producers.after_full_truncation()
-        elif offset < self.log.log_end_offset:
-            self.log.truncate_to(offset)
-            self.producers.after_truncation()  # the cut batches' sequences must be accepted again
-            log.info("[%s] truncated to %d following broker %d at epoch %d", self.name,
-                     self.log.log_end_offset, leader, epoch)
-        return self.log.log_end_offset
-
-    async def replicate(self, epoch: int, leader: int, batches: list, high_watermark: int) -> int:
-        self.state.accept_replication(epoch, leader)
-        leo = self.log.log_end_offset
-        for batch in (b for b in batches if b.header.base_offset >= leo):
-            # One batch per append, recorded at once: the producer state is exact at every segment roll.
-            self.log.append_as_follower([batch])
-            self.producers.record(batch.header)
-        hw = min(high_watermark, self.log.log_end_offset)
-        if hw > self.state.high_watermark:
-            self.state.high_watermark = hw
-            self.log.set_high_watermark(hw)
-        return self.log.log_end_offset
 
     # -- admin ---------------------------------------------------------------------------------------------
     async def describe(self) -> dict[str, Any]:

@@ -36,6 +36,7 @@ from raystream.client.futures import BatchFuture, RecordFuture, ResultTimeoutErr
 from raystream.client.metadata import MetadataCache
 from raystream.client.sender import Sender
 from raystream.client.serde import RECORD_OVERHEAD_BYTES, normalize_headers, record_size, row_size, serialize
+from raystream.clock import now_ms as _now_ms
 from raystream.core.partitioner import partition_for_key
 from raystream.errors import (
     ClosedError,
@@ -61,9 +62,6 @@ def _check_int(name: str, value: Any, minimum: int = 0) -> int:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
     return value
 
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def _idempotence(enable_idempotence: bool | None, acks: int, retries: int, max_in_flight: int) -> bool:

@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from raystream.clock import now_ms
 from raystream.config import TopicConfig
 from raystream.errors import (
     ClosedError,
@@ -112,9 +113,6 @@ class RecoveryReport:
     error: str | None = None
     duration_s: float = 0.0
 
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 class Log:
