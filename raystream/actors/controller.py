@@ -31,6 +31,7 @@ from raystream import metrics
 from raystream.actors import logs
 from raystream.actors.failover import FailoverMixin
 from raystream.actors.groups import GroupCoordinatorMixin
+from raystream.actors.transactions import TransactionCoordinatorMixin
 from raystream.config import BrokerConfig, TopicConfig
 from raystream.core.metadata import ClusterMetadata, TopicState
 from raystream.core.names import partition_dir_name, validate_topic_name
@@ -77,7 +78,7 @@ def register_broker(cluster: str, default_data_dir: str, proposed_id: int) -> tu
     return proposed_id, data_dir
 
 
-class Controller(FailoverMixin, GroupCoordinatorMixin):
+class Controller(FailoverMixin, GroupCoordinatorMixin, TransactionCoordinatorMixin):
     def __init__(self, cluster: str, data_dir: str, broker_config: dict[str, Any] | None = None,
                  topic_defaults: dict[str, Any] | None = None) -> None:
         logs.configure()
@@ -145,6 +146,7 @@ class Controller(FailoverMixin, GroupCoordinatorMixin):
             # replicas whose actors are gone (stopped for good, or their process could not be restarted).
             only_missing = self._started
             self._started = True
+            self._start_transaction_coordinator()
             calls = [c for t in list(self.metadata.topics.values())
                      for c in self._replica_role_calls(t, only_missing=only_missing)]
             brokers = dict(self.metadata.brokers)

@@ -174,6 +174,7 @@ class ReplicaProducerState:
         """The log start offset moved: snapshots below it can never be used again. The producers' entries
         stay (as since Kafka 2.8, KIP-360): a producer whose batches were deleted is still known."""
         delete_snapshots_below(self.log.directory, self.log.log_start_offset)
+        self.manager.drop_aborted_below(self.log.log_start_offset)
 
     def expire(self, expiration_ms: int, now_ms: int | None = None) -> list[int]:
         """Forget producers idle (by their batches' max timestamp) for ``expiration_ms``."""

@@ -47,7 +47,7 @@ from raystream.protocol import (
     ProduceResult,
     Role,
 )
-from raystream.storage.batch import OFFSET_COLUMN, TIMESTAMP_COLUMN
+from raystream.storage.batch import ATTR_TRANSACTIONAL, OFFSET_COLUMN, TIMESTAMP_COLUMN
 from raystream.storage.cleaner import compact
 from raystream.storage.log import Log
 from raystream.storage.schema_evolution import compatibility_problems, evolve
@@ -214,7 +214,7 @@ class PartitionReplica(ReplicationMixin):
     @metrics.produce_request
     async def produce(self, batch: pa.RecordBatch | pa.Table, acks: int, timeout_ms: int,
                       leader_epoch: int | None = None, producer_id: int = -1, producer_epoch: int = -1,
-                      base_sequence: int = -1, replay: bool = False) -> ProduceResult:
+                      base_sequence: int = -1, replay: bool = False, transactional: bool = False) -> ProduceResult:
         """Append ``batch`` as the leader; with acks=all, answer once the high watermark covers it.
 
         Idempotent producers (``producer_id >= 0``) are checked first (``raystream.core.producer_state``): a
@@ -227,6 +227,8 @@ class PartitionReplica(ReplicationMixin):
         so each producer's batches are checked and applied one at a time, in sequence order.
         ``replay``: the producer is a replay producer (``Producer(replay_id=...)``): records whose sequence
         the log already holds are dropped, a batch that straddles the log's end is appended from there.
+        ``transactional``: the batch belongs to its producer's open transaction (hidden from read_committed
+        fetches until the coordinator's COMMIT marker; never shown to them after an ABORT).
         """
         await self._ensure_role()
         self.state.check_leader(leader_epoch)
@@ -260,7 +262,8 @@ class PartitionReplica(ReplicationMixin):
         else:
             info = self.log.append(self._current_schema(batch), leader_epoch=self.state.leader_epoch,
                                    producer_id=producer_id, producer_epoch=producer_epoch,
-                                   base_sequence=base_sequence, schema_id=self.schema_id)
+                                   base_sequence=base_sequence, schema_id=self.schema_id,
+                                   attributes=ATTR_TRANSACTIONAL if transactional and producer_id >= 0 else 0)
             self.producers.record(info.header)
             self.metrics.produced(batch.nbytes, info.record_count)
             self._signal("data")
@@ -294,10 +297,11 @@ class PartitionReplica(ReplicationMixin):
     @metrics.fetch_request  # latency (without long-poll waits), records and bytes out
     async def fetch(self, offset: int, max_bytes: int, max_wait_ms: int, min_bytes: int,
                     columns: list[str] | None = None, leader_epoch: int | None = None,
-                    row_filter: Any = None) -> FetchResult:
+                    row_filter: Any = None, read_committed: bool = False) -> FetchResult:
         """Long-poll read for consumers: waits up to ``max_wait_ms`` for ``min_bytes`` below the HW.
         ``columns`` (projection) and ``row_filter`` (a ``pyarrow.compute.Expression``) are applied here, so
-        unselected columns and rows never cross Ray; ``next_offset`` still moves past filtered-out rows."""
+        unselected columns and rows never cross Ray; ``next_offset`` still moves past filtered-out rows.
+        ``read_committed``: only below the last stable offset, without aborted transactions' batches."""
         await self._ensure_role()
         self.state.check_leader(leader_epoch)
         if columns is not None:
@@ -309,6 +313,7 @@ class PartitionReplica(ReplicationMixin):
         position = offset  # moves past what was scanned, so a wait does not re-read rows a filter rejected
         while True:
             hw = self.state.high_watermark
+            limit = self.last_stable_offset() if read_committed else hw
             # Out of range is judged against the log end offset, as Kafka does: a new leader's high
             # watermark can trail the old leader's until its followers report, and a consumer positioned
             # between the two must wait, not be reset.
@@ -318,9 +323,10 @@ class PartitionReplica(ReplicationMixin):
                     f"offset {position} out of range for {self.topic}-{self.partition}: "
                     f"log_start_offset={self.log.log_start_offset}, log_end_offset={leo}, high_watermark={hw}",
                     offset=position, log_start_offset=self.log.log_start_offset, log_end_offset=leo)
-            if position < hw:
+            if position < limit:
                 # A filter that does not fit the topic's columns raises ValueError naming the partition.
-                read = self.log.read_filtered(position, max_bytes, hw, columns, row_filter)
+                read = self.log.read_filtered(position, max_bytes, limit, columns, row_filter,
+                                              self.producers.manager.is_aborted if read_committed else None)
                 batches.extend(read.batches)
                 position = read.next_offset
                 skipped += read.batches_skipped
@@ -335,6 +341,37 @@ class PartitionReplica(ReplicationMixin):
         # views stay valid (a demotion racing this return is the one window; see storage.segment).
         return FetchResult(batches, hw, self.log.log_start_offset, self.log.log_end_offset, position, size,
                            skipped)
+
+    def last_stable_offset(self) -> int:
+        """Kafka's LSO: the high watermark, or the first offset of the oldest open transaction if lower."""
+        first = self.producers.manager.first_unstable_offset()
+        hw = self.state.high_watermark
+        return hw if first is None else min(hw, first)
+
+    async def write_txn_marker(self, producer_id: int, producer_epoch: int, commit: bool,
+                               timeout_ms: int) -> int:
+        """The transaction coordinator ends ``producer_id``'s transaction here: append a COMMIT or ABORT
+        marker (when the producer has an open transaction; a repeated marker request is a no-op, -1) and
+        answer once the ISR has it. Raises NotLeaderError on a follower."""
+        await self._ensure_role()
+        self.state.check_leader(None)
+        entry = self.producers.manager.entry(producer_id)
+        if entry is None or entry.current_txn_first_offset is None:
+            return -1
+        info = self.log.append_marker(producer_id, producer_epoch, commit, leader_epoch=self.state.leader_epoch)
+        self.producers.record(info.header)
+        self._signal("data")
+        self._advance_high_watermark()
+        self._signal("hw")  # the last stable offset may have moved even if the high watermark did not
+        deadline = time.monotonic() + timeout_ms / 1000
+        while self.state.high_watermark <= info.last_offset:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise RequestTimeoutError(f"[{self.name}] transaction marker at {info.last_offset} not "
+                                          f"replicated within {timeout_ms} ms")
+            await self._wait("hw", remaining)
+            self.state.check_leader(None)
+        return info.base_offset
 
     async def list_offset(self, spec: int) -> int:
         await self._ensure_role()

@@ -69,6 +69,12 @@ class BaseTransport(abc.ABC):
         """A new idempotent-producer id from the controller: ``(producer_id, producer_epoch)`` (with
         ``replay_id``: the one recorded for that replay producer)."""
 
+    def txn_call(self, method: str, *args: Any, timeout_s: float | None = None) -> Any:
+        """Call a transaction-coordinator method of the controller (``init_transactions``,
+        ``add_partitions_to_txn``, ``add_offsets_to_txn``, ``end_txn``). Transports without transactions
+        raise NotImplementedError."""
+        raise NotImplementedError(f"{type(self).__name__} has no transaction coordinator")
+
     # -- consumer groups (the controller's group coordinator; see raystream.actors.groups) --------------------
     def group_call(self, method: str, *args: Any, timeout_s: float | None = None) -> Any:
         """Call a group-coordinator method of the controller (``join_group``, ``heartbeat_group``,
@@ -80,15 +86,18 @@ class BaseTransport(abc.ABC):
     @abc.abstractmethod
     def produce(self, tp: TopicPartition, broker_id: int, batch: pa.RecordBatch, acks: int, timeout_ms: int,
                 leader_epoch: int | None = None, producer_id: int = -1, producer_epoch: int = -1,
-                base_sequence: int = -1, replay: bool = False) -> Future[ProduceResult]:
+                base_sequence: int = -1, replay: bool = False, transactional: bool = False
+                ) -> Future[ProduceResult]:
         """Produce ``batch`` to the leader; an idempotent producer passes its id, epoch and the batch's first
         sequence number (a retry of a batch already written answers with the original offsets); ``replay``
-        marks a replay producer's batch (records the log already holds are dropped)."""
+        marks a replay producer's batch (records the log already holds are dropped); ``transactional`` a
+        batch of the producer's open transaction."""
 
     @abc.abstractmethod
     def fetch(self, tp: TopicPartition, broker_id: int, offset: int, max_bytes: int, max_wait_ms: int,
               min_bytes: int, columns: list[str] | None = None,
-              leader_epoch: int | None = None, row_filter: Any = None) -> Future[FetchResult]: ...
+              leader_epoch: int | None = None, row_filter: Any = None,
+              read_committed: bool = False) -> Future[FetchResult]: ...
 
     @abc.abstractmethod
     def list_offset(self, tp: TopicPartition, broker_id: int, spec: int) -> Future[int]: ...

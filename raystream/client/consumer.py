@@ -160,6 +160,7 @@ class Consumer:
                                 fetch_min_bytes=fetch_min_bytes, fetch_max_wait_ms=fetch_max_wait_ms,
                                 fetch_max_bytes=fetch_max_bytes, max_partition_fetch_bytes=max_partition_fetch_bytes,
                                 request_timeout_ms=request_timeout_ms, retry_backoff_ms=retry_backoff_ms)
+        self._fetcher.read_committed = isolation_level == "read_committed"
         self._iter_records: deque[Record] = deque()
         self._closed = False
         self._auto_commit_s = auto_commit_interval_ms / 1000

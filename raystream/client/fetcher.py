@@ -99,6 +99,7 @@ class Fetcher:
         self.request_timeout_s = request_timeout_ms / 1000
         self.backoff_s = retry_backoff_ms / 1000
         self.states: dict[TopicPartition, PartitionState] = {}
+        self.read_committed = False  # isolation_level="read_committed": fetch below the LSO, no aborted data
         self.columns: dict[str, tuple[str, ...] | None] = {}  # per topic, for new fetches
         self.row_filter: Any = None  # a pyarrow.compute.Expression for new fetches (poll_arrow's filter)
         self._error: BaseException | None = None
@@ -240,8 +241,10 @@ class Fetcher:
             columns = self.columns.get(state.tp.topic)
             args = (state.tp, leader[0], offset, self.max_bytes, self.max_wait_ms, self.min_bytes,
                     None if columns is None else list(columns), leader[1])
-            future = (self.transport.fetch(*args) if self.row_filter is None
-                      else self.transport.fetch(*args, row_filter=self.row_filter))
+            extra: dict[str, Any] = {} if self.row_filter is None else {"row_filter": self.row_filter}
+            if self.read_committed:
+                extra["read_committed"] = True
+            future = self.transport.fetch(*args, **extra)
             state.inflight = _InFlight(future, offset, state.epoch, columns,
                                        now + self.max_wait_ms / 1000 + self.request_timeout_s, self.row_filter)
 

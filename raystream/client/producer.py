@@ -40,6 +40,7 @@ from raystream.clock import now_ms as _now_ms
 from raystream.core.partitioner import partition_for_key
 from raystream.errors import (
     ClosedError,
+    InvalidTxnStateError,
     RecordTooLargeError,
     SchemaMismatchError,
     UnknownTopicOrPartitionError,
@@ -49,7 +50,7 @@ from raystream.protocol import TopicMetadata, TopicPartition
 log = logging.getLogger(__name__)
 
 _ACKS = {0: 0, 1: 1, -1: -1, "all": -1, "0": 0, "1": 1, "-1": -1}
-_TRANSACTIONS = "transactions arrive in a later release"
+_TXN_NONE, _TXN_READY, _TXN_OPEN = "none", "ready", "open"  # a transactional producer's own state
 #: Kafka's limit for idempotence: the leader remembers the last 5 batches of each producer.
 MAX_IN_FLIGHT_IDEMPOTENT = 5
 _instances = 0
@@ -108,7 +109,8 @@ class Producer:
                  key_serializer: Callable[[Any], Any] | None = None,
                  value_serializer: Callable[[Any], Any] | None = None, enable_idempotence: bool | None = None,
                  transactional_id: str | None = None, client_id: str | None = None, cluster: Any = None,
-                 transport: BaseTransport | None = None, replay_id: str | None = None) -> None:
+                 transport: BaseTransport | None = None, replay_id: str | None = None,
+                 transaction_timeout_ms: int = 60_000) -> None:
         if acks not in _ACKS or isinstance(acks, bool):
             raise ValueError(f"acks must be 0, 1 or 'all', got {acks!r}")
         for name, value in (("linger_ms", linger_ms), ("max_block_ms", max_block_ms),
@@ -127,9 +129,16 @@ class Producer:
         for name, fn in (("key_serializer", key_serializer), ("value_serializer", value_serializer)):
             if fn is not None and not callable(fn):
                 raise TypeError(f"{name} must be callable")
-        if transactional_id is not None and not isinstance(transactional_id, str):
-            raise TypeError("transactional_id must be a str or None")
+        if transactional_id is not None and (not isinstance(transactional_id, str) or not transactional_id):
+            raise TypeError("transactional_id must be a non-empty str or None")
+        _check_int("transaction_timeout_ms", transaction_timeout_ms, 1)
+        if transactional_id is not None and enable_idempotence is None:
+            enable_idempotence = True  # as Kafka: transactions need idempotence (and its settings)
         idempotent = _idempotence(enable_idempotence, _ACKS[acks], retries, max_in_flight_requests_per_connection)
+        if transactional_id is not None and not idempotent:
+            raise ValueError("transactional_id needs an idempotent producer (enable_idempotence not False)")
+        if transactional_id is not None and replay_id is not None:
+            raise ValueError("a producer is either transactional or a replay producer, not both")
         if replay_id is not None:
             if not isinstance(replay_id, str) or not replay_id:
                 raise TypeError(f"replay_id must be a non-empty str or None, got {replay_id!r}")
@@ -144,6 +153,8 @@ class Producer:
         self.max_request_size = max_request_size
         self.max_block_ms = max_block_ms
         self.transactional_id = transactional_id
+        self.transaction_timeout_ms = transaction_timeout_ms
+        self._txn = _TXN_NONE
         self._key_serializer = key_serializer
         self._value_serializer = value_serializer
         self._plain = key_serializer is None and value_serializer is None  # send's fast path applies
@@ -158,7 +169,8 @@ class Producer:
                               retry_backoff_ms=retry_backoff_ms, request_timeout_ms=request_timeout_ms,
                               delivery_timeout_ms=delivery_timeout_ms, name=f"raystream-{self.client_id}-sender",
                               max_in_flight=max_in_flight_requests_per_connection, idempotent=idempotent,
-                              leader_recheck_ms=leader_recheck_ms, replay_id=replay_id)
+                              leader_recheck_ms=leader_recheck_ms, replay_id=replay_id,
+                              transactional_id=transactional_id)
         self._close_lock = threading.Lock()
         self._closed = False
         self._sender.start()
@@ -185,6 +197,9 @@ class Producer:
                         topic, None if key is None else partition_for_key(key, len(meta.partitions)), meta,
                         RECORDS, key, value, None, time.time_ns() // 1_000_000, size)
         self._check_open()
+        if self._txn != _TXN_OPEN and self.transactional_id is not None:
+            raise InvalidTxnStateError("a transactional producer sends only inside a transaction "
+                                       "(init_transactions, then begin_transaction)")
         if not isinstance(topic, str) or not topic:
             raise TypeError(f"topic must be a non-empty str, got {topic!r}")
         if partition is not None:
@@ -237,6 +252,9 @@ class Producer:
         murmur2 of ``key_column`` (default: ``key``, or the topic's key column), vectorised; else all to
         one (sticky) partition. Large tables are cut into requests of at most ``max_request_size`` bytes."""
         self._check_open()
+        if self._txn != _TXN_OPEN and self.transactional_id is not None:
+            raise InvalidTxnStateError("a transactional producer sends only inside a transaction "
+                                       "(init_transactions, then begin_transaction)")
         if not isinstance(topic, str) or not topic:
             raise TypeError(f"topic must be a non-empty str, got {topic!r}")
         if isinstance(table, list) or type(table).__name__ == "DataFrame":
@@ -360,18 +378,70 @@ class Producer:
     def __exit__(self, *exc_info: Any) -> None:
         self.close()
 
-    # -- transactions (a later release) ----------------------------------------------------------------------
+    # -- transactions --------------------------------------------------------------------------------------
     def init_transactions(self) -> None:
-        raise NotImplementedError(_TRANSACTIONS)
+        """Register ``transactional_id`` with the transaction coordinator: aborts what an older producer
+        with this id left open and fences it (its later requests fail with ProducerFencedError)."""
+        self._check_open()
+        if self.transactional_id is None:
+            raise InvalidTxnStateError("init_transactions needs Producer(transactional_id=...)")
+        producer_id, producer_epoch = self._transport.txn_call(
+            "init_transactions", self.transactional_id, self.transaction_timeout_ms,
+            timeout_s=self.max_block_ms / 1000)
+        self._sender.begin_transactional(producer_id, producer_epoch)
+        self._txn = _TXN_READY
 
     def begin_transaction(self) -> None:
-        raise NotImplementedError(_TRANSACTIONS)
+        self._check_open()
+        if self._txn != _TXN_READY:
+            raise InvalidTxnStateError("begin_transaction needs init_transactions first and no open transaction"
+                                       if self._txn == _TXN_NONE else "a transaction is already open")
+        self._sender.txn_partitions.clear()
+        self._sender.txn_error = None
+        self._txn = _TXN_OPEN
 
-    def send_offsets_to_transaction(self, offsets: Any, group_id: str) -> None:
-        raise NotImplementedError(_TRANSACTIONS)
+    def send_offsets_to_transaction(self, offsets: Mapping[TopicPartition, Any], group_id: str) -> None:
+        """Commit ``offsets`` (tp → next offset to consume, or ``OffsetAndMetadata``) for ``group_id`` with
+        the open transaction: they take effect if and only if it commits (consume-transform-produce)."""
+        self._check_txn_open("send_offsets_to_transaction")
+        if not isinstance(group_id, str) or not group_id:
+            raise TypeError(f"group_id must be a non-empty str, got {group_id!r}")
+        converted = {}
+        for tp, value in dict(offsets).items():
+            offset, metadata = (value, "") if isinstance(value, int) else (value.offset, value.metadata or "")
+            converted[tp] = (offset, metadata)
+        self._transport.txn_call("add_offsets_to_txn", self.transactional_id, self._sender.producer_id,
+                                 self._sender.producer_epoch, group_id, converted,
+                                 timeout_s=self.max_block_ms / 1000)
 
     def commit_transaction(self) -> None:
-        raise NotImplementedError(_TRANSACTIONS)
+        """Flush, then commit: every record sent in the transaction becomes visible to read_committed
+        consumers at once, with the offsets given to send_offsets_to_transaction. Raises the first error of
+        a failed batch instead (then only abort_transaction is allowed)."""
+        self._check_txn_open("commit_transaction")
+        self.flush()
+        if self._sender.txn_error is not None:
+            raise InvalidTxnStateError(f"cannot commit: a record of this transaction failed "
+                                       f"({type(self._sender.txn_error).__name__}: {self._sender.txn_error}); "
+                                       f"abort it") from self._sender.txn_error
+        self._end_transaction(commit=True)
 
     def abort_transaction(self) -> None:
-        raise NotImplementedError(_TRANSACTIONS)
+        """Abort: read_committed consumers never see what the transaction wrote."""
+        self._check_txn_open("abort_transaction")
+        try:
+            self.flush()
+        except Exception as exc:  # what failed is aborted anyway
+            log.info("flush before abort failed: %s", exc)
+        self._end_transaction(commit=False)
+
+    def _end_transaction(self, commit: bool) -> None:
+        self._transport.txn_call("end_txn", self.transactional_id, self._sender.producer_id,
+                                 self._sender.producer_epoch, commit, timeout_s=self.max_block_ms / 1000)
+        self._sender.txn_error = None
+        self._txn = _TXN_READY
+
+    def _check_txn_open(self, what: str) -> None:
+        self._check_open()
+        if self._txn != _TXN_OPEN:
+            raise InvalidTxnStateError(f"{what} needs an open transaction (begin_transaction)")

@@ -108,7 +108,8 @@ class Sender:
     def __init__(self, accumulator: RecordAccumulator, metadata: MetadataCache, transport: BaseTransport, *,
                  acks: int, retries: int, retry_backoff_ms: int, request_timeout_ms: int,
                  delivery_timeout_ms: int, name: str, max_in_flight: int = 1, idempotent: bool = False,
-                 leader_recheck_ms: int = 1000, replay_id: str | None = None) -> None:
+                 leader_recheck_ms: int = 1000, replay_id: str | None = None,
+                 transactional_id: str | None = None) -> None:
         self.acc = accumulator
         self.leader_recheck_s = leader_recheck_ms / 1000
         self._rechecked_at: dict[TopicPartition, float] = {}
@@ -129,6 +130,13 @@ class Sender:
         # restarted; what would reset them instead fails the producer for good (``_fatal``).
         self.replay_id = replay_id
         self._fatal: BaseException | None = None
+        # A transactional producer: its id and epoch come from the coordinator (``begin_transactional``),
+        # each partition joins the transaction before its first batch, and an error that would reset the
+        # sequences is fatal (the coordinator owns the epoch). ``txn_error``: the first batch of the open
+        # transaction that failed (commit refuses; abort clears it).
+        self.transactional_id = transactional_id
+        self.txn_partitions: set[TopicPartition] = set()
+        self.txn_error: BaseException | None = None
         self.producer_id = self.producer_epoch = -1  # from the controller, fetched lazily (idempotent only)
         self._pid_retry_at = 0.0
         self._pid_error: BaseException | None = None
@@ -239,7 +247,7 @@ class Sender:
 
     def _ensure_producer_id(self, now: float) -> float:
         """Fetch the producer id (idempotence) once something is queued; returns when to try again."""
-        if not self.idempotent or self.producer_id >= 0:
+        if not self.idempotent or self.producer_id >= 0 or self.transactional_id is not None:
             return float("inf")
         if now < self._pid_retry_at:
             return self._pid_retry_at
@@ -265,6 +273,22 @@ class Sender:
         self._pid_error = None
         log.debug("idempotent producer id %d epoch %d", self.producer_id, self.producer_epoch)
         return float("inf")
+
+    # -- transactions ---------------------------------------------------------------------------------------
+    def begin_transactional(self, producer_id: int, producer_epoch: int) -> None:
+        """Take the id and epoch ``init_transactions`` got from the coordinator (sequences start at 0)."""
+        with self.acc.cond:
+            self.producer_id, self.producer_epoch = producer_id, producer_epoch
+            self._sequences.clear()
+            self.txn_partitions.clear()
+            self.txn_error = None
+
+    def _add_to_transaction(self, tp: TopicPartition) -> None:
+        """AddPartitionsToTxn for ``tp`` before its first batch of the transaction (sender thread; blocks
+        for one controller call per new partition and transaction)."""
+        self.transport.txn_call("add_partitions_to_txn", self.transactional_id, self.producer_id,
+                                self.producer_epoch, [tp], timeout_s=self.request_timeout_ms / 1000)
+        self.txn_partitions.add(tp)
 
     def _assign_sequence(self, batch: ProducerBatch) -> None:
         """Give a batch drained for the first time (or after a reset) its partition's next sequences."""
@@ -296,11 +320,15 @@ class Sender:
         try:
             if self._fatal is not None:
                 raise self._fatal
+            if self.transactional_id is not None and tp not in self.txn_partitions:
+                self._add_to_transaction(tp)
             if self.idempotent:
                 if batch.base_sequence < 0:
                     self._assign_sequence(batch)
                 batch.sent_behind = self._has_earlier_unfinished(batch)
                 replay = {} if self.replay_id is None else {"replay": True}
+                if self.transactional_id is not None:
+                    replay["transactional"] = True
                 future = self.transport.produce(tp, broker, data, self.acks, self.request_timeout_ms, epoch,
                                                 producer_id=batch.producer_id, producer_epoch=batch.producer_epoch,
                                                 base_sequence=batch.base_sequence, **replay)
@@ -455,10 +483,13 @@ class Sender:
         seqs = self._sequences.get(tp)
         if seqs is None:
             return
-        if self.replay_id is not None:
+        if self.replay_id is not None or self.transactional_id is not None:
+            who = (f"replay producer {self.replay_id!r}" if self.replay_id is not None
+                   else f"transactional producer {self.transactional_id!r}")
             self._fatal = OutOfOrderSequenceError(
-                f"replay producer {self.replay_id!r} lost its sequence state on {tp}; it cannot re-sequence "
-                f"records: run it again from its start (the brokers drop what was already written)",
+                f"{who} lost its sequence state on {tp}; it cannot re-sequence records: run it again from "
+                f"its start (a replay producer: the brokers drop what was already written; a transactional "
+                f"one: a new instance's init_transactions aborts what this one left open)",
                 topic=tp.topic, partition=tp.partition)
             for batch in list(seqs.unacked):
                 self._fail(batch, self._fatal)
@@ -508,6 +539,8 @@ class Sender:
         return exc
 
     def _fail(self, batch: ProducerBatch, exc: BaseException) -> None:
+        if self.transactional_id is not None and self.txn_error is None:
+            self.txn_error = exc  # the open transaction cannot commit any more
         if self._finished(batch):
             # Its sequences may or may not be in the log: the partition continues under a new epoch.
             self._resets.add(batch.tp)

@@ -127,6 +127,13 @@ class RayTransport(BaseTransport):
     _GROUP_METHODS = frozenset({"join_group", "heartbeat_group", "leave_group", "commit_offsets", "fetch_offsets",
                                 "list_groups", "describe_group_state", "reset_group_offsets", "delete_group"})
 
+    _TXN_METHODS = frozenset({"init_transactions", "add_partitions_to_txn", "add_offsets_to_txn", "end_txn"})
+
+    def txn_call(self, method: str, *args: Any, timeout_s: float | None = None) -> Any:
+        if method not in self._TXN_METHODS:
+            raise ValueError(f"not a transaction coordinator method: {method!r}")
+        return self._call(method, *args, timeout_s=timeout_s)
+
     def group_call(self, method: str, *args: Any, timeout_s: float | None = None) -> Any:
         if method not in self._GROUP_METHODS:
             raise ValueError(f"not a group coordinator method: {method!r}")
@@ -177,18 +184,21 @@ class RayTransport(BaseTransport):
 
     def produce(self, tp: TopicPartition, broker_id: int, batch: pa.RecordBatch, acks: int, timeout_ms: int,
                 leader_epoch: int | None = None, producer_id: int = -1, producer_epoch: int = -1,
-                base_sequence: int = -1, replay: bool = False) -> Future[ProduceResult]:
+                base_sequence: int = -1, replay: bool = False, transactional: bool = False
+                ) -> Future[ProduceResult]:
         if producer_id < 0:  # the plain request, as before idempotence
             return self._submit(tp, broker_id, "produce", batch, acks, timeout_ms, leader_epoch)
-        extra = (True,) if replay else ()
+        extra = (replay, True) if transactional else (True,) if replay else ()
         return self._submit(tp, broker_id, "produce", batch, acks, timeout_ms, leader_epoch, producer_id,
                             producer_epoch, base_sequence, *extra)
 
     def fetch(self, tp: TopicPartition, broker_id: int, offset: int, max_bytes: int, max_wait_ms: int,
               min_bytes: int, columns: list[str] | None = None,
-              leader_epoch: int | None = None, row_filter: Any = None) -> Future[FetchResult]:
+              leader_epoch: int | None = None, row_filter: Any = None,
+              read_committed: bool = False) -> Future[FetchResult]:
+        extra = (True,) if read_committed else ()
         return self._submit(tp, broker_id, "fetch", offset, max_bytes, max_wait_ms, min_bytes, columns,
-                            leader_epoch, row_filter)
+                            leader_epoch, row_filter, *extra)
 
     def list_offset(self, tp: TopicPartition, broker_id: int, spec: int) -> Future[int]:
         return self._submit(tp, broker_id, "list_offset", spec)

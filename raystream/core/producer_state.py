@@ -72,7 +72,9 @@ MAX_PRODUCER_EPOCH = 2**15 - 1
 NUM_BATCHES_TO_RETAIN = 5
 #: Kafka's producer.id.expiration.ms default (one day).
 DEFAULT_PRODUCER_ID_EXPIRATION_MS = 86_400_000
-SNAPSHOT_VERSION = 1
+#: 2 adds the aborted transactions; version 1 snapshots (none) are still read.
+SNAPSHOT_VERSION = 2
+_READABLE_SNAPSHOT_VERSIONS = (1, 2)
 
 
 def increment_sequence(sequence: int, increment: int) -> int:
@@ -117,6 +119,16 @@ class DuplicateBatch:
     base_offset: int
     last_offset: int
     timestamp: int
+
+
+@dataclasses.dataclass(frozen=True)
+class AbortedTransaction:
+    """An aborted transaction of one producer in this partition: its batches lie in
+    ``[first_offset, last_offset]``; ``last_offset`` is the ABORT marker's (Kafka's AbortedTxn)."""
+
+    producer_id: int
+    first_offset: int
+    last_offset: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -192,6 +204,10 @@ class ProducerStateManager:
         self.max_batches_per_producer = max_batches_per_producer
         self.producers: dict[int, ProducerStateEntry] = {}
         self.end_offset = 0  # the offset after the last batch recorded (Kafka's map end offset)
+        #: Aborted transactions, by marker offset (Kafka's transaction index): what read_committed skips.
+        self.aborted: list[AbortedTransaction] = []
+        #: producer id -> offset ranges of its aborted transactions (the lookup behind :meth:`is_aborted`).
+        self._aborted_by_producer: dict[int, list[tuple[int, int]]] = {}
 
     # -- queries --------------------------------------------------------------------------------------------
     def entry(self, producer_id: int) -> ProducerStateEntry | None:
@@ -204,7 +220,7 @@ class ProducerStateManager:
         if not isinstance(other, ProducerStateManager):
             return NotImplemented
         return (self.partition_name == other.partition_name and self.end_offset == other.end_offset
-                and self.producers == other.producers)
+                and self.producers == other.producers and self.aborted == other.aborted)
 
     __hash__ = None  # type: ignore[assignment]  # mutable
 
@@ -303,6 +319,9 @@ class ProducerStateManager:
         entry.set_epoch(header.producer_epoch)
         entry.touch(header.max_timestamp)
         if header.is_control:  # a transaction marker ends the open transaction (commit or abort)
+            first = entry.current_txn_first_offset
+            if first is not None and not header.is_commit_marker:
+                self._add_aborted(AbortedTransaction(producer_id, first, header.base_offset))
             entry.current_txn_first_offset = None
             return entry
         if header.base_sequence >= 0:
@@ -332,6 +351,32 @@ class ProducerStateManager:
             self.update(header, now_ms)
 
     # -- forgetting -----------------------------------------------------------------------------------------
+    # -- transactions -----------------------------------------------------------------------------------------
+    def first_unstable_offset(self) -> int | None:
+        """The first offset of the oldest open transaction (the last stable offset is ``min(HW, this)``)."""
+        firsts = [e.current_txn_first_offset for e in self.producers.values()
+                  if e.current_txn_first_offset is not None]
+        return min(firsts) if firsts else None
+
+    def is_aborted(self, header: BatchHeader) -> bool:
+        """Is this a data batch of an aborted transaction (or an abort marker)? read_committed skips it."""
+        if not header.is_transactional:
+            return False
+        ranges = self._aborted_by_producer.get(header.producer_id)
+        return ranges is not None and any(lo <= header.base_offset <= hi for lo, hi in ranges)
+
+    def _add_aborted(self, txn: AbortedTransaction) -> None:
+        self.aborted.append(txn)
+        self._aborted_by_producer.setdefault(txn.producer_id, []).append((txn.first_offset, txn.last_offset))
+
+    def drop_aborted_below(self, offset: int) -> None:
+        """Forget aborted transactions that end below ``offset`` (the log start moved past them)."""
+        kept = [t for t in self.aborted if t.last_offset >= offset]
+        if len(kept) != len(self.aborted):
+            self.aborted, self._aborted_by_producer = [], {}
+            for txn in kept:
+                self._add_aborted(txn)
+
     def remove_expired(self, now_ms: int,
                        producer_id_expiration_ms: int = DEFAULT_PRODUCER_ID_EXPIRATION_MS) -> list[int]:
         """Drop the producers idle for at least ``producer_id_expiration_ms`` (Kafka's
@@ -350,6 +395,7 @@ class ProducerStateManager:
     def reset(self, start_offset: int = 0) -> None:
         """Forget every producer and start over at ``start_offset`` (before a rebuild from the log)."""
         self.producers.clear()
+        self.aborted, self._aborted_by_producer = [], {}
         self.end_offset = start_offset
 
     # -- snapshots ------------------------------------------------------------------------------------------
@@ -361,7 +407,8 @@ class ProducerStateManager:
         producers = [[e.producer_id, e.producer_epoch, e.last_timestamp, e.current_txn_first_offset,
                       [[b.first_seq, b.last_seq, b.first_offset, b.last_offset, b.timestamp] for b in e.batches]]
                      for e in self.producers.values()]
-        body = msgpack.packb([self.partition_name, self.end_offset, producers])
+        aborted = [[t.producer_id, t.first_offset, t.last_offset] for t in self.aborted]
+        body = msgpack.packb([self.partition_name, self.end_offset, producers, aborted])
         return msgpack.packb([SNAPSHOT_VERSION, crc32c.crc32c(body), body])
 
     @classmethod
@@ -373,7 +420,9 @@ class ProducerStateManager:
         match. Raises :class:`~raystream.errors.CorruptRecordError` for bad, foreign or damaged bytes."""
         body = _checked_body(data)
         try:
-            name, stored_end, producers = msgpack.unpackb(body, strict_map_key=False)
+            fields = msgpack.unpackb(body, strict_map_key=False)
+            name, stored_end, producers = fields[:3]
+            aborted = fields[3] if len(fields) > 3 else []  # version 1: no transactions
             manager = cls(partition_name if partition_name is not None else str(name), max_batches_per_producer)
             manager.end_offset = _int(stored_end)
             for pid, epoch, last_ts, txn_first, batches in producers:
@@ -382,6 +431,8 @@ class ProducerStateManager:
                 entry.batches = [BatchMetadata(*(_int(v) for v in b)) for b in batches]
                 del entry.batches[:-max_batches_per_producer]
                 manager.producers[entry.producer_id] = entry
+            for pid, first, last in aborted:
+                manager._add_aborted(AbortedTransaction(_int(pid), _int(first), _int(last)))
         except CorruptRecordError:
             raise
         except Exception as exc:  # a checksummed body that does not fit the format: a bug or a foreign file
@@ -400,7 +451,7 @@ def _checked_body(data: bytes) -> bytes:
     if not isinstance(frame, list) or len(frame) != 3:
         raise CorruptRecordError(f"not a producer snapshot: {frame!r:.80}")
     version, checksum, body = frame
-    if version != SNAPSHOT_VERSION:
+    if version not in _READABLE_SNAPSHOT_VERSIONS:
         raise CorruptRecordError(f"unsupported producer snapshot version {version!r:.20}")
     if not isinstance(body, bytes) or checksum != crc32c.crc32c(body):
         raise CorruptRecordError("producer snapshot checksum mismatch")

@@ -52,6 +52,9 @@ _RECORD_BATCH_HEADER_TYPE = 3  # org.apache.arrow.flatbuf.MessageHeader.RecordBa
 ATTR_LOG_APPEND_TIME = 1 << 3
 ATTR_TRANSACTIONAL = 1 << 4
 ATTR_CONTROL = 1 << 5
+#: raystream's own bit: a control batch (a transaction marker) that commits; without it, it aborts. (Kafka
+#: keeps the marker type in the control record's key; a raystream marker batch holds no rows.)
+ATTR_COMMIT_MARKER = 1 << 8
 
 NO_PRODUCER_ID = -1
 NO_PRODUCER_EPOCH = -1
@@ -90,6 +93,10 @@ class BatchHeader:
     @property
     def is_control(self) -> bool:
         return bool(self.attributes & ATTR_CONTROL)
+
+    @property
+    def is_commit_marker(self) -> bool:
+        return bool(self.attributes & ATTR_CONTROL and self.attributes & ATTR_COMMIT_MARKER)
 
     @property
     def last_sequence(self) -> int:

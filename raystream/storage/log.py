@@ -53,7 +53,10 @@ from raystream.errors import (
 )
 from raystream.storage import statistics
 from raystream.storage.batch import (
+    ATTR_COMMIT_MARKER,
+    ATTR_CONTROL,
     ATTR_LOG_APPEND_TIME,
+    ATTR_TRANSACTIONAL,
     OFFSET_COLUMN,
     TIMESTAMP_COLUMN,
     BatchEncoder,
@@ -318,6 +321,21 @@ class Log:
             return AppendInfo(header.base_offset, header.last_offset, header.max_timestamp, log_append_time,
                               header.record_count, header)
 
+    def append_marker(self, producer_id: int, producer_epoch: int, commit: bool, *, leader_epoch: int = 0,
+                      now: int | None = None) -> AppendInfo:
+        """Append a transaction marker as the leader: a control batch of no rows that takes one offset
+        (Kafka's COMMIT / ABORT control record) and ends ``producer_id``'s open transaction here."""
+        with self._lock:
+            self._check_open()
+            now = now_ms() if now is None else now
+            attributes = ATTR_CONTROL | ATTR_TRANSACTIONAL | (ATTR_COMMIT_MARKER if commit else 0)
+            header = BatchHeader(self.log_end_offset, 0, 0, now, now, leader_epoch, producer_id, producer_epoch,
+                                 -1, attributes)
+            schema = self.active_segment.schema
+            empty = pa.RecordBatch.from_arrays([pa.array([], f.type) for f in schema], schema=schema)
+            self._append_stored(StoredBatch(header, empty), now)
+            return AppendInfo(header.base_offset, header.last_offset, now, -1, 0, header)
+
     def _stamp(self, batch: pa.RecordBatch, user_schema: pa.Schema, now: int, leader_epoch: int,
                producer_id: int, producer_epoch: int, base_sequence: int, attributes: int,
                schema_id: int) -> tuple[pa.RecordBatch, BatchHeader]:
@@ -518,12 +536,14 @@ class Log:
         return self.read_filtered(start_offset, max_bytes, max_offset, columns).batches
 
     def read_filtered(self, start_offset: int, max_bytes: int, max_offset: int | None = None,
-                      columns: list[str] | None = None, row_filter: Any = None) -> FilteredRead:
+                      columns: list[str] | None = None, row_filter: Any = None,
+                      exclude: Callable[[BatchHeader], bool] | None = None) -> FilteredRead:
         """:meth:`read` with a row filter (a ``pyarrow.compute.Expression`` over the stored columns, which
         may name columns outside ``columns``): batches whose statistics exclude it are skipped without
         being decoded, the rest are filtered, then projected. ``max_bytes`` counts the batches read before
         filtering (skipped ones count nothing). The result's ``next_offset`` is where the next read starts:
-        past every batch scanned, kept or not."""
+        past every batch scanned, kept or not. ``exclude(header)`` true drops a whole batch unread (how a
+        read_committed fetch leaves out aborted transactions)."""
         with self._lock:
             self._check_open()
             self._check_fetch_offset(start_offset)
@@ -541,6 +561,9 @@ class Log:
                 # Where the next read starts once this batch is done (compaction may have removed its last
                 # rows; the batch still covers its whole offset range).
                 end = header.next_offset if max_offset is None else min(header.next_offset, max_offset)
+                if exclude is not None and exclude(header):
+                    result.next_offset = end
+                    continue
                 data = segment.decode_at(frame, rest).data
                 if data.num_rows and data.schema is not target and not data.schema.equals(target) \
                         and self._evolvable(data.schema):

@@ -302,12 +302,19 @@ def test_new_partitions_are_seen_after_refresh(fake, make_producer):
     assert producer.send("t", value=b"x", partition=2).result(10).partition == 2
 
 
-def test_transactions_are_not_implemented_yet(fake, make_producer):
-    producer = make_producer(transactional_id="tx", enable_idempotence=True)
-    for call in (producer.init_transactions, producer.begin_transaction, producer.commit_transaction,
-                 producer.abort_transaction):
-        with pytest.raises(NotImplementedError):
-            call()
+def test_transactional_producer_state_rules(fake, make_producer):
+    fake.add_topic("t")
+    producer = make_producer(transactional_id="tx")
+    assert producer.enable_idempotence  # implied, as in Kafka
+    for call in (producer.begin_transaction, producer.commit_transaction, producer.abort_transaction):
+        with pytest.raises(errors.InvalidTxnStateError):
+            call()  # nothing before init_transactions
+    with pytest.raises(errors.InvalidTxnStateError, match="inside a transaction"):
+        producer.send("t", value=b"x")
+    with pytest.raises(ValueError, match="idempotent"):
+        make_producer(transactional_id="tx2", enable_idempotence=False)
+    with pytest.raises(errors.InvalidTxnStateError, match="transactional_id"):
+        make_producer().init_transactions()
 
 
 def test_callback_exceptions_do_not_break_the_sender(fake, make_producer):

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from raystream.core.producer_state import (
     MAX_SEQUENCE,
+    AbortedTransaction,
     BatchMetadata,
     DuplicateBatch,
     ProducerStateManager,
@@ -25,7 +26,7 @@ from raystream.errors import (
     InvalidRecordError,
     OutOfOrderSequenceError,
 )
-from raystream.storage.batch import ATTR_CONTROL, ATTR_TRANSACTIONAL, BatchHeader
+from raystream.storage.batch import ATTR_COMMIT_MARKER, ATTR_CONTROL, ATTR_TRANSACTIONAL, BatchHeader
 from raystream.storage.producer_snapshot import (
     delete_snapshots_above,
     delete_snapshots_below,
@@ -435,3 +436,58 @@ def test_any_number_of_differently_batched_partial_runs_write_each_record_once(r
         seq += count
     sequences = [s for h in producer.log for s in range(h.base_sequence, h.base_sequence + h.record_count)]
     assert sequences == list(range(total))
+
+
+# -- transactions ---------------------------------------------------------------------------------------------
+def _txn_batch(producer: Producer, pid: int, seq: int, count: int = 2) -> BatchHeader:
+    header = BatchHeader(producer.next_offset, count - 1, count, NOW, NOW, 0, pid, 0, seq, ATTR_TRANSACTIONAL)
+    producer.log.append(header)
+    producer.manager.update(header, NOW)
+    return header
+
+
+def _marker(producer: Producer, pid: int, commit: bool) -> BatchHeader:
+    attributes = ATTR_CONTROL | ATTR_TRANSACTIONAL | (ATTR_COMMIT_MARKER if commit else 0)
+    header = BatchHeader(producer.next_offset, 0, 0, NOW, NOW, 0, pid, 0, -1, attributes)
+    producer.log.append(header)
+    producer.manager.update(header, NOW)
+    return header
+
+
+def test_open_transactions_bound_the_last_stable_offset_and_aborts_are_indexed(producer):
+    manager = producer.manager
+    assert manager.first_unstable_offset() is None
+    a1 = _txn_batch(producer, 1, 0)          # offsets 0-1, producer 1
+    b1 = _txn_batch(producer, 2, 0)          # offsets 2-3, producer 2
+    assert manager.first_unstable_offset() == 0
+    _marker(producer, 1, commit=True)        # offset 4: producer 1 commits
+    assert manager.first_unstable_offset() == 2
+    b2 = _txn_batch(producer, 2, 2)          # offsets 5-6
+    abort = _marker(producer, 2, commit=False)
+    assert manager.first_unstable_offset() is None
+    assert manager.aborted == [AbortedTransaction(2, 2, abort.base_offset)]
+    assert [manager.is_aborted(h) for h in (a1, b1, b2, abort)] == [False, True, True, True]
+    later = _txn_batch(producer, 2, 4)       # a new transaction of producer 2: not aborted
+    assert not manager.is_aborted(later) and manager.first_unstable_offset() == later.base_offset
+
+
+def test_aborted_transactions_survive_snapshots_and_rebuilds(producer):
+    _txn_batch(producer, 7, 0)
+    _marker(producer, 7, commit=False)
+    _txn_batch(producer, 8, 0)               # still open
+    restored = ProducerStateManager.from_snapshot_bytes(producer.manager.snapshot_bytes())
+    assert restored == producer.manager and restored.first_unstable_offset() == 3
+    rebuilt = ProducerStateManager("topic-0")
+    rebuilt.replay(producer.log, NOW)
+    assert rebuilt.aborted == producer.manager.aborted
+    rebuilt.drop_aborted_below(3)            # retention moved past the aborted transaction (marker at 2)
+    assert rebuilt.aborted == [] and not rebuilt.is_aborted(producer.log[0])
+
+
+def test_version_1_snapshots_are_still_read():
+    body = msgpack.packb(["topic-0", 5, [[PID, 0, NOW, None, [[0, 4, 0, 4, NOW]]]]])
+    import crc32c
+
+    old = msgpack.packb([1, crc32c.crc32c(body), body])
+    manager = ProducerStateManager.from_snapshot_bytes(old)
+    assert manager.end_offset == 5 and manager.aborted == [] and manager.entry(PID).last_seq == 4
