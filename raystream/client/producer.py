@@ -40,7 +40,9 @@ from raystream.clock import now_ms as _now_ms
 from raystream.core.partitioner import partition_for_key
 from raystream.errors import (
     ClosedError,
+    InvalidProducerEpochError,
     InvalidTxnStateError,
+    ProducerFencedError,
     RecordTooLargeError,
     SchemaMismatchError,
     UnknownTopicOrPartitionError,
@@ -420,7 +422,11 @@ class Producer:
         a failed batch instead (then only abort_transaction is allowed)."""
         self._check_txn_open("commit_transaction")
         self.flush()
-        if self._sender.txn_error is not None:
+        error = self._sender.txn_error
+        if isinstance(error, (InvalidProducerEpochError, ProducerFencedError)):
+            raise ProducerFencedError(f"transactional producer {self.transactional_id!r} was fenced by a newer "
+                                      f"instance: {error}") from error
+        if error is not None:
             raise InvalidTxnStateError(f"cannot commit: a record of this transaction failed "
                                        f"({type(self._sender.txn_error).__name__}: {self._sender.txn_error}); "
                                        f"abort it") from self._sender.txn_error

@@ -266,3 +266,42 @@ def test_re_replication_restores_the_replication_factor(four_nodes, wait_for):
         assert len(set(after.replicas)) == 3 and dead not in after.replicas
         finish(w, "rerep")
         nodes.revive(dead, h, wait_for)  # leave the cluster whole for whatever runs next
+
+
+class _Events:
+    """What Nodes.kill / revive log to, for a scenario without a QueueWorkload."""
+
+    def event(self, message: str) -> None:
+        print(message)
+
+
+def test_transaction_commits_across_a_leader_failover(four_nodes, wait_for):
+    _, handle, nodes = four_nodes
+    p = create(handle, nodes, "txn-fo")
+    events = _Events()
+    with rs.Producer(transactional_id="fo-tx") as producer:
+        producer.init_transactions()
+        producer.begin_transaction()
+        for i in range(50):
+            producer.send("txn-fo", value=b"a%d" % i, partition=p)
+        producer.abort_transaction()
+        producer.begin_transaction()
+        for i in range(100):
+            producer.send("txn-fo", value=b"c%d" % i, partition=p)
+        producer.flush()  # acknowledged by the ISR (acks=all), not yet committed
+        leader = pstate(handle, "txn-fo", p).leader
+        nodes.kill(leader, events)
+        wait_leader(handle, wait_for, "txn-fo", p, [leader])
+        producer.commit_transaction()  # the markers go to the new leader
+    with rs.Producer(acks="all") as plain:
+        plain.send("txn-fo", value=b"after", partition=p).result(timeout=60)
+    seen = []
+    with rs.Consumer(isolation_level="read_committed", auto_offset_reset="earliest") as consumer:
+        consumer.assign([rs.TopicPartition("txn-fo", p)])
+        deadline = time.monotonic() + 60
+        while b"after" not in seen and time.monotonic() < deadline:
+            seen.extend(r.value for r in consumer.poll(timeout=0.5))
+    assert seen == [b"c%d" % i for i in range(100)] + [b"after"]  # nothing aborted, nothing lost or twice
+    nodes.revive(leader, events, wait_for)
+    wait_full_isr(handle, wait_for, "txn-fo", 4)
+    rs.Admin().delete_topic("txn-fo")

@@ -11,7 +11,7 @@ import ray
 
 import raystream as rs
 from raystream import errors
-from raystream.protocol import ACTOR_NAMESPACE, replica_actor_name
+from raystream.protocol import ACTOR_NAMESPACE, controller_actor_name, replica_actor_name
 
 pytestmark = pytest.mark.integration
 DEADLINE_S = 30
@@ -87,6 +87,8 @@ def test_a_new_instance_fences_the_old_one_and_aborts_its_transaction(cluster, t
         old.begin_transaction()
         old.send(topic_name, value=b"zombie").result(timeout=DEADLINE_S)
         new.init_transactions()  # aborts the zombie's open transaction
+        with pytest.raises(errors.InvalidProducerEpochError):  # the partition leader fences it too
+            old.send(topic_name, value=b"zombie-2").result(timeout=DEADLINE_S)
         with pytest.raises(errors.ProducerFencedError):
             old.commit_transaction()
         new.begin_transaction()
@@ -142,3 +144,19 @@ def test_an_expired_transaction_is_aborted_by_the_coordinator(cluster, topic_nam
             producer.commit_transaction()  # the coordinator bumped the epoch when it aborted
     finally:
         producer.close()
+
+
+def test_an_open_transaction_survives_a_controller_restart(cluster, topic_name, wait_for):
+    rs.Admin().create_topic(topic_name, partitions=1)
+    with rs.Producer(transactional_id=f"tx-{uuid.uuid4().hex[:6]}") as producer:
+        producer.init_transactions()
+        producer.begin_transaction()
+        producer.send(topic_name, value=b"before-restart").result(timeout=DEADLINE_S)
+        controller = ray.get_actor(controller_actor_name("it"), namespace=ACTOR_NAMESPACE)
+        ray.kill(controller, no_restart=False)
+        wait_for(lambda: ray.get(controller.ping.remote(), timeout=5) == "it", timeout_s=60, message="restart")
+        producer.send(topic_name, value=b"after-restart")  # a partition already in the transaction
+        producer.commit_transaction()  # the restarted coordinator knows the transaction and its partitions
+    plain_send(topic_name, b"after")
+    with rs.Consumer(isolation_level="read_committed") as consumer:
+        assert values_until(consumer, topic_name, b"after") == [b"before-restart", b"after-restart", b"after"]
