@@ -208,6 +208,8 @@ class ProducerStateManager:
         self.aborted: list[AbortedTransaction] = []
         #: producer id -> offset ranges of its aborted transactions (the lookup behind :meth:`is_aborted`).
         self._aborted_by_producer: dict[int, list[tuple[int, int]]] = {}
+        #: Producer ids with an open transaction (so the LSO costs O(open transactions), not O(producers)).
+        self._open: set[int] = set()
 
     # -- queries --------------------------------------------------------------------------------------------
     def entry(self, producer_id: int) -> ProducerStateEntry | None:
@@ -323,6 +325,7 @@ class ProducerStateManager:
             if first is not None and not header.is_commit_marker:
                 self._add_aborted(AbortedTransaction(producer_id, first, header.base_offset))
             entry.current_txn_first_offset = None
+            self._open.discard(producer_id)
             return entry
         if header.base_sequence >= 0:
             entry.add_batch(BatchMetadata(header.base_sequence, batch_last_sequence(header), header.base_offset,
@@ -330,6 +333,7 @@ class ProducerStateManager:
                             self.max_batches_per_producer)
         if header.is_transactional and entry.current_txn_first_offset is None:
             entry.current_txn_first_offset = header.base_offset
+            self._open.add(producer_id)
         return entry
 
     def replay(self, headers: Iterable[BatchHeader], now_ms: int) -> int:
@@ -354,8 +358,7 @@ class ProducerStateManager:
     # -- transactions -----------------------------------------------------------------------------------------
     def first_unstable_offset(self) -> int | None:
         """The first offset of the oldest open transaction (the last stable offset is ``min(HW, this)``)."""
-        firsts = [e.current_txn_first_offset for e in self.producers.values()
-                  if e.current_txn_first_offset is not None]
+        firsts = [self.producers[pid].current_txn_first_offset for pid in self._open]
         return min(firsts) if firsts else None
 
     def is_aborted(self, header: BatchHeader) -> bool:
@@ -391,10 +394,12 @@ class ProducerStateManager:
     def clear(self) -> None:
         """Forget every producer (``end_offset`` is kept)."""
         self.producers.clear()
+        self._open.clear()
 
     def reset(self, start_offset: int = 0) -> None:
         """Forget every producer and start over at ``start_offset`` (before a rebuild from the log)."""
         self.producers.clear()
+        self._open.clear()
         self.aborted, self._aborted_by_producer = [], {}
         self.end_offset = start_offset
 
@@ -431,6 +436,8 @@ class ProducerStateManager:
                 entry.batches = [BatchMetadata(*(_int(v) for v in b)) for b in batches]
                 del entry.batches[:-max_batches_per_producer]
                 manager.producers[entry.producer_id] = entry
+                if entry.current_txn_first_offset is not None:
+                    manager._open.add(entry.producer_id)
             for pid, first, last in aborted:
                 manager._add_aborted(AbortedTransaction(_int(pid), _int(first), _int(last)))
         except CorruptRecordError:
