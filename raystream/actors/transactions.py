@@ -222,15 +222,19 @@ class TransactionCoordinatorMixin:
             if topic is None or tp.partition not in topic.partitions:
                 return  # deleted meanwhile: nothing left to mark
             leader = topic.partitions[tp.partition].leader
+            handles = self.__dict__.setdefault("_marker_handles", {})
+            key = (tp.topic, tp.partition, leader)
             try:
                 if leader < 0:
                     raise RequestTimeoutError(f"{tp} has no leader")
-                handle = ray.get_actor(replica_actor_name(self.cluster, tp.topic, tp.partition, leader),
-                                       namespace=ACTOR_NAMESPACE)
-                await handle.write_txn_marker.remote(txn.producer_id, txn.producer_epoch, commit,
-                                                     self.broker_config.request_timeout_ms)
+                if key not in handles:  # a name lookup is a GCS round trip: once per replica
+                    handles[key] = ray.get_actor(replica_actor_name(self.cluster, tp.topic, tp.partition, leader),
+                                                 namespace=ACTOR_NAMESPACE)
+                await handles[key].write_txn_marker.remote(txn.producer_id, txn.producer_epoch, commit,
+                                                           self.broker_config.request_timeout_ms)
                 return
             except (RaystreamError, ray.exceptions.RayError, ValueError) as exc:
+                handles.pop(key, None)
                 if now_ms() >= deadline:
                     raise RequestTimeoutError(f"transaction marker for {tp} not written within "
                                               f"{TRANSACTION_MARKER_TIMEOUT_MS} ms: {exc}") from None
