@@ -98,6 +98,7 @@ class Controller(FailoverMixin, GroupCoordinatorMixin, TransactionCoordinatorMix
         self._started = False
         self._init_failover()
         self._init_groups(Path(data_dir) / cluster)
+        self._init_transactions(Path(data_dir) / cluster)
         log.info("controller %s replayed %d topics, %d brokers", cluster, len(self.metadata.topics),
                  len(self.metadata.brokers))
 
@@ -128,6 +129,11 @@ class Controller(FailoverMixin, GroupCoordinatorMixin, TransactionCoordinatorMix
         self.metadata.apply(record)
         if isr_before is not None:
             metrics.isr_changed(record["topic"], isr_before, record["isr"])
+
+    def _close_logs(self) -> None:
+        """Close the committed-offsets and transaction logs (what this process's death would release)."""
+        self._offsets.close()
+        self._txn_store.close()
 
     def _lock_(self) -> asyncio.Lock:
         if self._lock is None:

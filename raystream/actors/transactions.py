@@ -3,8 +3,10 @@
 A transactional producer (``Producer(transactional_id=...)``) has one coordinator-side entry per
 ``transactional.id``: its producer id and epoch, state, the partitions written in the open transaction,
 the consumer-group offsets to commit with it (``send_offsets_to_transaction``) and when it started. Every
-change is recorded in the controller's metadata log (``txn`` records, the write-ahead rule) before it is
-acted on, so a restarted controller finishes what was prepared.
+change is recorded in the transaction log before it is acted on (the write-ahead rule): a compacted map
+(``<data_dir>/<cluster>/__transaction_state``, as Kafka's topic of that name), so a restarted controller
+finishes what was prepared, and the log stays the size of the live transactional ids. An id idle for
+``TRANSACTIONAL_ID_EXPIRATION_MS`` (Kafka's transactional.id.expiration.ms, 7 days) is forgotten.
 
 States and moves, as Kafka's::
 
@@ -28,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -41,6 +44,7 @@ from raystream.errors import (
     RequestTimeoutError,
 )
 from raystream.protocol import ACTOR_NAMESPACE, TopicPartition, replica_actor_name
+from raystream.storage.compacted_map import CompactedMap
 
 log = logging.getLogger(__name__)
 
@@ -52,12 +56,14 @@ MAX_TRANSACTION_TIMEOUT_MS = 900_000
 #: How long the coordinator keeps retrying a partition's marker (leader changes, a restarting replica).
 TRANSACTION_MARKER_TIMEOUT_MS = 120_000
 _TIMEOUT_CHECK_S = 1.0
+TRANSACTIONAL_ID_EXPIRATION_MS = 7 * 24 * 3600 * 1000
+TXN_STATE_DIR = "__transaction_state"
 _RETRY_BACKOFF_S = 0.2
 
 
 @dataclasses.dataclass
 class TransactionState:
-    """One transactional id's entry (what a ``txn`` metadata record carries)."""
+    """One transactional id's entry (the value kept in the transaction log)."""
 
     transactional_id: str
     producer_id: int
@@ -67,15 +73,16 @@ class TransactionState:
     started_ms: int = -1
     partitions: list[list[Any]] = dataclasses.field(default_factory=list)  # [[topic, partition], ...]
     offsets: dict[str, list[list[Any]]] = dataclasses.field(default_factory=dict)  # group -> [[t, p, o, md]]
-
-    def record(self) -> dict[str, Any]:
-        return {"t": "txn", **dataclasses.asdict(self)}
+    updated_ms: int = -1
 
 
 class TransactionCoordinatorMixin:
     """``init_transactions``, ``add_partitions_to_txn``, ``add_offsets_to_txn``, ``end_txn``; see the module
-    docstring. Uses the controller's ``metadata``, ``_record``, ``_next_producer_id`` and its group
-    coordinator's offset store (``_offsets``)."""
+    docstring. Uses the controller's ``metadata``, ``_next_producer_id`` and its group coordinator's
+    offset store (``_offsets``)."""
+
+    def _init_transactions(self, root: Path) -> None:
+        self._txn_store = CompactedMap(root / TXN_STATE_DIR)
 
     def _start_transaction_coordinator(self) -> None:
         """Start the timeout checks (which also finish transactions a restarted controller found prepared).
@@ -91,13 +98,12 @@ class TransactionCoordinatorMixin:
         return locks[transactional_id]
 
     def _txn(self, transactional_id: str) -> TransactionState | None:
-        record = self.metadata.transactions.get(transactional_id)
-        if record is None:
-            return None
-        return TransactionState(**{k: v for k, v in record.items() if k != "t"})
+        record = self._txn_store.get(transactional_id)
+        return None if record is None else TransactionState(**record)
 
     def _save_txn(self, txn: TransactionState) -> None:
-        self._record(txn.record())
+        txn.updated_ms = now_ms()
+        self._txn_store.update({txn.transactional_id: dataclasses.asdict(txn)})
 
     def _fenced(self, txn: TransactionState | None, transactional_id: str, producer_id: int,
                 producer_epoch: int) -> TransactionState:
@@ -246,7 +252,11 @@ class TransactionCoordinatorMixin:
         while True:
             await asyncio.sleep(_TIMEOUT_CHECK_S)
             now = now_ms()
-            for transactional_id, record in list(self.metadata.transactions.items()):
+            for transactional_id, record in self._txn_store.items():
+                if record["state"] in (EMPTY, COMPLETE_COMMIT, COMPLETE_ABORT) and \
+                        now - record["updated_ms"] >= TRANSACTIONAL_ID_EXPIRATION_MS:
+                    self._txn_store.update(deletes=[transactional_id])
+                    continue
                 stuck = record["state"] in (PREPARE_COMMIT, PREPARE_ABORT)
                 expired = record["state"] == ONGOING and now - record["started_ms"] >= record["timeout_ms"]
                 if not (stuck or expired):

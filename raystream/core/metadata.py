@@ -15,7 +15,6 @@ Record types::
     schema      {name, schema, schema_id}             an Arrow-native topic's schema evolved
     delete      {name}                                topic deleted
     producer_ids {next}                               producer ids below ``next`` are handed out (or reserved)
-    txn {transactional_id, producer_id, ...}          a transactional id's coordinator state (actors.transactions)
     replay_producer {id, pid, at}                     the replay producer ``id`` is producer id ``pid``
                                                       (recorded at ``at`` ms; forgotten a day later)
 
@@ -53,8 +52,6 @@ class ClusterMetadata:
         self.next_producer_id = 0
         #: Replay producers (``Producer(replay_id=...)``): replay id -> (producer id, recorded at ms).
         self.replay_producers: dict[str, tuple[int, int]] = {}
-        #: Transaction coordinator state: transactional id -> its latest ``txn`` record.
-        self.transactions: dict[str, dict[str, Any]] = {}
 
     @property
     def next_broker_id(self) -> int:
@@ -86,8 +83,6 @@ class ClusterMetadata:
             self.topics.pop(record["name"], None)
         elif kind == "producer_ids":
             self.next_producer_id = max(self.next_producer_id, int(record["next"]))
-        elif kind == "txn":
-            self.transactions[record["transactional_id"]] = record
         elif kind == "replay_producer":
             at = int(record["at"])
             # Brokers forget an idle producer id after producer.id.expiration.ms (a day by default): a

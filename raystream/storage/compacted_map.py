@@ -29,6 +29,9 @@ from raystream.storage.records import RECORD_SCHEMA
 _HEADERS_TYPE = RECORD_SCHEMA.field("headers").type
 _READ_BYTES = 8 << 20
 
+#: Sealed segments that trigger a compaction on the next update (the active one is not counted).
+_SEALED_SEGMENTS_BEFORE_COMPACTION = 2
+
 
 def _encode_key(key: Any) -> bytes:
     return msgpack.packb(list(key) if isinstance(key, tuple) else key)
@@ -95,6 +98,10 @@ class CompactedMap:
             self._items[key] = value
         for key in deletes:
             self._items.pop(key, None)
+        if len(self.log.segments) > _SEALED_SEGMENTS_BEFORE_COMPACTION:
+            # Bounded growth: clean once a few segments are sealed (a map written forever stays about
+            # the size of its live keys, and a restart replays only that).
+            self.compact()
 
     def compact(self, now_ms: int | None = None) -> None:
         """Roll the active segment if it holds anything, then clean every sealed segment."""

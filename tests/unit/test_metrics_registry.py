@@ -142,7 +142,7 @@ def test_every_recorded_isr_change_counts_as_shrink_or_expand(recorded, tmp_path
     set_partition(controller, 1, 0, (0, 1, 2))    # unchanged
     assert recorded.isr_shrinks.calls == [(1, {"topic": "t"})] * 2
     assert recorded.isr_expands.calls == [(1, {"topic": "t"})]
-    controller._offsets.close()
+    controller._close_logs()
 
 
 def test_partition_health_gauges_follow_the_metadata(recorded, tmp_path):
@@ -156,7 +156,7 @@ def test_partition_health_gauges_follow_the_metadata(recorded, tmp_path):
     controller._report_partition_health()
     assert recorded.under_replicated.calls == [(0, {"topic": "t"}), (2, {"topic": "t"}), (0, {"topic": "t"})]
     assert recorded.offline.calls == [(0, {"topic": "t"}), (1, {"topic": "t"}), (0, {"topic": "t"})]
-    controller._offsets.close()
+    controller._close_logs()
 
 
 def test_group_lag_gauge_uses_the_leaders_high_watermarks(recorded, tmp_path):
@@ -193,7 +193,7 @@ def test_group_lag_gauge_uses_the_leaders_high_watermarks(recorded, tmp_path):
     asyncio.run(controller._report_group_lag())
     asyncio.run(controller._report_group_lag())
     assert recorded.group_lag.values() == [60, 70, 0]
-    controller._offsets.close()
+    controller._close_logs()
 
 
 def test_dashboard_and_docs_name_every_metric_as_ray_exports_it():

@@ -23,8 +23,8 @@ def test_offsets_of_a_long_empty_group_expire_and_survive_otherwise(tmp_path):
     controller._expire_offsets(retention_ms=60_000)
     assert asyncio.run(controller.fetch_offsets("old")) == {}
     assert asyncio.run(controller.fetch_offsets("new")) == {tp: (7, "")}
-    controller._offsets.close()
+    controller._close_logs()  # what the controller process's death releases
     restarted = Controller("c", str(tmp_path))
     assert asyncio.run(restarted.fetch_offsets("new")) == {tp: (7, "")}  # durable
     assert asyncio.run(restarted.list_groups()) == ["new"]
-    restarted._offsets.close()
+    restarted._close_logs()

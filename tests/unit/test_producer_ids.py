@@ -26,7 +26,7 @@ def test_controller_hands_out_ids_in_blocks_that_survive_a_restart(tmp_path):
     first = [asyncio.run(controller.init_producer_id()) for _ in range(1001)]
     assert first[:3] == [(0, 0), (1, 0), (2, 0)] and first[-1] == (1000, 0)  # crossed into a second block
     assert controller.metadata.next_producer_id == 2000
-    controller._offsets.close()  # the old incarnation's process is gone: its files are free
+    controller._close_logs()  # the old incarnation's process is gone: its files are free
     restarted = Controller("c", str(tmp_path))  # replays the metadata log
     pid, epoch = asyncio.run(restarted.init_producer_id())
     assert (pid, epoch) == (2000, 0)  # after every block handed out before: no id repeats

@@ -36,3 +36,17 @@ def test_an_empty_update_writes_nothing(tmp_path):
     m.update({})
     assert m.log.log_end_offset == 0
     m.close()
+
+
+def test_the_map_compacts_itself_as_it_grows(tmp_path):
+    from raystream.storage.compacted_map import CompactedMap
+
+    m = CompactedMap(tmp_path / "m", segment_bytes=32 * 1024)
+    for i in range(600):  # one key rewritten over and over: many sealed segments' worth
+        m.update({"k": i, f"other-{i % 3}": i})
+    written = 600 * m.log.segments[-1].size // max(m.log.segments[-1].batch_count, 1)
+    assert m.log.size_bytes < 4 * 32 * 1024 < written  # compacted as it went: ~ live keys, not history
+    m.close()
+    again = CompactedMap(tmp_path / "m", segment_bytes=32 * 1024)
+    assert again.get("k") == 599 and again.get("other-1") == 598
+    again.close()
