@@ -95,7 +95,7 @@ def _retrying(what: str, call: Any, timeout_s: float) -> Any:
 
 
 def _list_offsets(transport: RayTransport, topic: str, partitions: list[int], spec: int,
-                  timeout_s: float) -> dict[int, int]:
+                  timeout_s: float, read_committed: bool = False) -> dict[int, int]:
     """ListOffsets of ``spec`` (EARLIEST, LATEST or a timestamp) on each partition's current leader."""
     def once() -> dict[int, int]:
         meta = _topic_metadata(transport, topic)
@@ -107,7 +107,9 @@ def _list_offsets(transport: RayTransport, topic: str, partitions: list[int], sp
                 raise errors.UnknownTopicOrPartitionError(f"unknown partition {topic}-{p}")
             if ps.leader < 0:
                 raise errors.LeaderNotAvailableError(f"{topic}-{p} has no leader")
-            futures[p] = transport.list_offset(TopicPartition(topic, p), ps.leader, spec)
+            tp = TopicPartition(topic, p)
+            futures[p] = (transport.list_offset(tp, ps.leader, spec, read_committed=True) if read_committed
+                          else transport.list_offset(tp, ps.leader, spec))
         return {p: int(f.result(timeout=timeout_s)) for p, f in futures.items()}
 
     return _retrying(f"list offsets of {topic}", once, timeout_s)
@@ -162,11 +164,13 @@ def _split(ranges: list[tuple[int, int, int]], rows_per_task: int) -> list[tuple
 
 def _read_range(cluster: str, topic: str, partition: int, start: int, end: int,
                 columns: tuple[str, ...] | None, schema: pa.Schema, fetch_max_bytes: int,
-                retry_timeout_s: float, row_filter: Any = None) -> Iterator[pa.Table]:
+                retry_timeout_s: float, row_filter: Any = None,
+                read_committed: bool = False) -> Iterator[pa.Table]:
     """Runs in a Ray worker: the records of ``[start, end)`` of one partition, a table per fetch."""
     transport = _connect(cluster)
     tp = TopicPartition(topic, partition)
     fetch_columns = None if columns is None else list(columns)
+    committed = {"read_committed": True} if read_committed else {}
     leader: int | None = None
     epoch: int | None = None
     offset = start
@@ -182,7 +186,7 @@ def _read_range(cluster: str, topic: str, partition: int, start: int, end: int,
                 leader, epoch = ps.leader, ps.leader_epoch
             try:
                 result = transport.fetch(tp, leader, offset, fetch_max_bytes, 0, 0, fetch_columns,
-                                         epoch, row_filter=row_filter).result(timeout=retry_timeout_s)
+                                         epoch, row_filter=row_filter, **committed).result(timeout=retry_timeout_s)
             except concurrent.futures.TimeoutError as exc:  # a hung leader: ask the controller again
                 raise errors.LeaderNotAvailableError(f"fetch {tp} at {offset} from broker {leader} timed out") \
                     from exc
@@ -218,7 +222,8 @@ class TopicDatasource(Datasource):
     def __init__(self, cluster: str, meta: TopicMetadata, ranges: list[tuple[int, int, int]],
                  columns: tuple[str, ...] | None, rows_per_task: int | None = None,
                  fetch_max_bytes: int = DEFAULT_FETCH_MAX_BYTES,
-                 retry_timeout_s: float = DEFAULT_RETRY_TIMEOUT_S, row_filter: Any = None) -> None:
+                 retry_timeout_s: float = DEFAULT_RETRY_TIMEOUT_S, row_filter: Any = None,
+                 read_committed: bool = False) -> None:
         self.cluster = cluster
         self.topic = meta.name
         self.ranges = [r for r in ranges if r[2] > r[1]]
@@ -228,9 +233,10 @@ class TopicDatasource(Datasource):
         self.fetch_max_bytes = fetch_max_bytes
         self.retry_timeout_s = retry_timeout_s
         self.row_filter = row_filter
+        self.read_committed = read_committed
         # Offsets are dense unless the topic is compacted (or rows are filtered): only then is an offset
         # range's row count unknown.
-        self.exact_counts = row_filter is None and "compact" not in str(meta.config.get("cleanup.policy", "delete"))
+        self.exact_counts = row_filter is None and not read_committed and "compact" not in str(meta.config.get("cleanup.policy", "delete"))
         self.row_bytes = _row_bytes(self.schema)
 
     @property
@@ -257,7 +263,7 @@ class TopicDatasource(Datasource):
         tasks = []
         for partition, start, end in self.plan(parallelism):
             args = (self.cluster, self.topic, partition, start, end, self.columns, self.schema,
-                    self.fetch_max_bytes, self.retry_timeout_s, self.row_filter)
+                    self.fetch_max_bytes, self.retry_timeout_s, self.row_filter, self.read_committed)
             rows = end - start
             metadata = BlockMetadata(num_rows=rows if self.exact_counts else None,
                                      size_bytes=None if self.row_bytes is None else rows * self.row_bytes,
@@ -282,7 +288,8 @@ def _row_bytes(schema: pa.Schema) -> int | None:
 
 
 def read_topic(topic: str, start: Any = "earliest", end: Any = "latest", columns: list[str] | None = None,
-               cluster: Any = None, *, filter: Any = None, rows_per_task: int | None = None, override_num_blocks: int | None = None,
+               cluster: Any = None, *, filter: Any = None, isolation_level: str = "read_uncommitted",
+               rows_per_task: int | None = None, override_num_blocks: int | None = None,
                parallelism: int | None = None, fetch_max_bytes: int = DEFAULT_FETCH_MAX_BYTES,
                retry_timeout_s: float = DEFAULT_RETRY_TIMEOUT_S, **read_args: Any) -> ray.data.Dataset:
     """A :class:`ray.data.Dataset` of the records of ``topic`` in ``[start, end)``, per partition.
@@ -294,7 +301,9 @@ def read_topic(topic: str, start: Any = "earliest", end: Any = "latest", columns
     dataset. ``columns`` selects user columns (``topic``, ``partition``, ``offset``, ``timestamp`` are
     always there); only they leave the partition replicas. ``filter`` (a ``pyarrow.compute.Expression``
     over the user columns, ``_offset`` and ``_timestamp``) also runs in the replicas: only matching rows
-    leave them, and batches whose min/max statistics exclude it are skipped unread. ``rows_per_task`` caps the offsets of one read
+    leave them, and batches whose min/max statistics exclude it are skipped unread. ``isolation_level=
+    "read_committed"``: ``latest`` is the last stable offset and aborted transactions are left out.
+    ``rows_per_task`` caps the offsets of one read
     task (default: split partitions so that the requested parallelism is met); ``override_num_blocks``
     (or the older ``parallelism``) and other ``read_args`` go to :func:`ray.data.read_datasource`.
     ``cluster``: a cluster name or an ``rs.init`` handle (default: the current one)."""
@@ -302,6 +311,9 @@ def read_topic(topic: str, start: Any = "earliest", end: Any = "latest", columns
         raise TypeError(f"topic must be a non-empty str, got {topic!r}")
     if rows_per_task is not None and (not isinstance(rows_per_task, int) or rows_per_task < 1):
         raise ValueError(f"rows_per_task must be an int >= 1, got {rows_per_task!r}")
+    if isolation_level not in ("read_uncommitted", "read_committed"):
+        raise ValueError(f"isolation_level must be 'read_uncommitted' or 'read_committed', got {isolation_level!r}")
+    read_committed = isolation_level == "read_committed"
     if filter is not None and not isinstance(filter, pc.Expression):
         raise TypeError(f"filter must be a pyarrow.compute.Expression, got {type(filter).__name__}")
     name = _cluster_name(cluster)
@@ -319,7 +331,7 @@ def read_topic(topic: str, start: Any = "earliest", end: Any = "latest", columns
             partitions = [p for p in partitions if p in chosen]
     timeout_s = retry_timeout_s
     bounds = (_list_offsets(transport, topic, partitions, EARLIEST, timeout_s),
-              _list_offsets(transport, topic, partitions, LATEST, timeout_s))
+              _list_offsets(transport, topic, partitions, LATEST, timeout_s, read_committed))
     starts = _resolve(transport, topic, partitions, start, "start", bounds, timeout_s)
     ends = _resolve(transport, topic, partitions, end, "end", bounds, timeout_s)
     ranges = [(p, starts[p], ends[p]) for p in partitions]
@@ -333,7 +345,7 @@ def read_topic(topic: str, start: Any = "earliest", end: Any = "latest", columns
         offsets = sum(e - s for _, s, e in ranges)
         rows_per_task = max(math.ceil(offsets / cpus), _MIN_ROWS_PER_TASK)
     source = TopicDatasource(name, meta, ranges, selection, rows_per_task, fetch_max_bytes, retry_timeout_s,
-                             filter)
+                             filter, read_committed)
     if override_num_blocks is None:
         override_num_blocks = max(len(source.plan(1)), 1)
     return ray.data.read_datasource(source, override_num_blocks=override_num_blocks, **read_args)

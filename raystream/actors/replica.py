@@ -373,17 +373,20 @@ class PartitionReplica(ReplicationMixin):
             self.state.check_leader(None)
         return info.base_offset
 
-    async def list_offset(self, spec: int) -> int:
+    async def list_offset(self, spec: int, read_committed: bool = False) -> int:
+        """Kafka's ListOffsets: EARLIEST, LATEST (the high watermark; the LSO for ``read_committed``) or
+        the first offset whose timestamp is >= ``spec`` (-1 if none below that bound)."""
         await self._ensure_role()
         self.state.check_leader(None)
+        limit = self.last_stable_offset() if read_committed else self.state.high_watermark
         if spec == EARLIEST:
             return self.log.log_start_offset
         if spec == LATEST:
-            return self.state.high_watermark
+            return limit
         if not isinstance(spec, int) or spec < 0:
             raise ValueError(f"offset spec must be EARLIEST (-2), LATEST (-1) or a timestamp >= 0, got {spec!r}")
         found = self.log.offset_for_timestamp(spec)
-        return -1 if found is None or found >= self.state.high_watermark else found
+        return -1 if found is None or found >= limit else found
 
     # -- admin ---------------------------------------------------------------------------------------------
     async def describe(self) -> dict[str, Any]:

@@ -100,7 +100,8 @@ class BaseTransport(abc.ABC):
               read_committed: bool = False) -> Future[FetchResult]: ...
 
     @abc.abstractmethod
-    def list_offset(self, tp: TopicPartition, broker_id: int, spec: int) -> Future[int]: ...
+    def list_offset(self, tp: TopicPartition, broker_id: int, spec: int,
+                    read_committed: bool = False) -> Future[int]: ...
 
 
 def failed_future(exc: BaseException) -> Future:

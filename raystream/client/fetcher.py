@@ -172,8 +172,14 @@ class Fetcher:
                 self.metadata.request_update(state.tp.topic)
                 state.retry_at = now + self.backoff_s
             else:
-                state.resetting = (self.transport.list_offset(state.tp, leader[0], spec), state.epoch)
+                state.resetting = (self._list_offset(state.tp, leader[0], spec), state.epoch)
         return False
+
+    def _list_offset(self, tp: TopicPartition, broker: int, spec: int):
+        """ListOffsets as this consumer's isolation level sees them ("latest" is the LSO for read_committed)."""
+        if self.read_committed:
+            return self.transport.list_offset(tp, broker, spec, read_committed=True)
+        return self.transport.list_offset(tp, broker, spec)
 
     def list_offsets(self, specs: dict[TopicPartition, int], timeout_s: float,
                      raise_on_timeout: bool = True) -> dict[TopicPartition, int]:
@@ -189,7 +195,7 @@ class Fetcher:
                 if leader is None:
                     self.metadata.request_update(tp.topic)
                     continue
-                futures[tp] = self.transport.list_offset(tp, leader[0], spec)
+                futures[tp] = self._list_offset(tp, leader[0], spec)
             concurrent.futures.wait(list(futures.values()), timeout=max(0.0, deadline - time.monotonic()))
             for tp, future in futures.items():
                 if not future.done():

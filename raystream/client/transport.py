@@ -200,7 +200,10 @@ class RayTransport(BaseTransport):
         return self._submit(tp, broker_id, "fetch", offset, max_bytes, max_wait_ms, min_bytes, columns,
                             leader_epoch, row_filter, *extra)
 
-    def list_offset(self, tp: TopicPartition, broker_id: int, spec: int) -> Future[int]:
+    def list_offset(self, tp: TopicPartition, broker_id: int, spec: int,
+                    read_committed: bool = False) -> Future[int]:
+        if read_committed:
+            return self._submit(tp, broker_id, "list_offset", spec, True)
         return self._submit(tp, broker_id, "list_offset", spec)
 
 

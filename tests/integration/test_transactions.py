@@ -160,3 +160,24 @@ def test_an_open_transaction_survives_a_controller_restart(cluster, topic_name, 
     plain_send(topic_name, b"after")
     with rs.Consumer(isolation_level="read_committed") as consumer:
         assert values_until(consumer, topic_name, b"after") == [b"before-restart", b"after-restart", b"after"]
+
+
+def test_read_committed_latest_offsets_and_read_topic(cluster, topic_name):
+    rs.Admin().create_topic(topic_name, partitions=1)
+    with rs.Producer(transactional_id=f"tx-{uuid.uuid4().hex[:6]}") as producer:
+        producer.init_transactions()
+        for tag, commit in ((b"c1", True), (b"a1", False), (b"c2", True)):
+            producer.begin_transaction()
+            producer.send(topic_name, value=tag)
+            producer.send(topic_name, value=tag + b"'")
+            producer.commit_transaction() if commit else producer.abort_transaction()
+        producer.begin_transaction()
+        producer.send(topic_name, value=b"open").result(timeout=DEADLINE_S)  # left open
+        tp = rs.TopicPartition(topic_name, 0)
+        with rs.Consumer(isolation_level="read_committed") as committed, rs.Consumer() as uncommitted:
+            lso, hw = committed.end_offsets([tp])[tp], uncommitted.end_offsets([tp])[tp]
+        assert (lso, hw) == (9, 10)  # 6 records + 3 markers below the open transaction's first offset
+        table = rs.data.read_topic(topic_name, isolation_level="read_committed", cluster="it").to_arrow_refs()
+        values = [v for t in ray.get(table) for v in t.column("value").to_pylist()]
+        assert values == [b"c1", b"c1'", b"c2", b"c2'"]  # nothing aborted, nothing from the open one
+        producer.abort_transaction()
