@@ -8,6 +8,8 @@ Thread-safe (holds no mutable state besides the closed flag).
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -21,6 +23,10 @@ from raystream.core.names import validate_topic_name
 from raystream.errors import ClosedError
 from raystream.protocol import EARLIEST, LATEST, GroupDescription, TopicDescription, TopicPartition
 from raystream.storage.records import check_user_schema
+
+log = logging.getLogger(__name__)
+#: Pause between retries of a retriable ListOffsets error (Kafka's retry.backoff.ms default).
+_RETRY_BACKOFF_S = 0.1
 
 
 def _check_name(name: Any) -> str:
@@ -180,23 +186,35 @@ class Admin:
         self._transport.group_call("delete_group", _check_group(group_id), timeout_s=self._timeout_s)
 
     def _offsets_of(self, tps: list[TopicPartition], spec: int) -> dict[TopicPartition, int | None]:
-        """ListOffsets of each partition's leader (None where it could not be asked)."""
+        """ListOffsets of each partition's leader (None where it could not be asked). A retriable error
+        (a leader moving or still taking its role) is retried on fresh metadata until the request timeout,
+        as Kafka's admin client does; a partition without a leader is None at once."""
         if not tps:
             return {}
-        metas = self._transport.get_metadata(sorted({tp.topic for tp in tps}), timeout_s=self._timeout_s)
-        futures = {}
-        for tp in tps:
-            parts = metas[tp.topic].partitions
-            if tp.partition >= len(parts):
-                raise errors.UnknownTopicOrPartitionError(f"no partition {tp}", topic=tp.topic)
-            if parts[tp.partition].leader >= 0:
-                futures[tp] = self._transport.list_offset(tp, parts[tp.partition].leader, spec)
         out: dict[TopicPartition, int | None] = {tp: None for tp in tps}
-        for tp, future in futures.items():
-            try:
-                out[tp] = future.result(timeout=self._timeout_s)
-            except errors.RaystreamError:
-                out[tp] = None
+        deadline = time.monotonic() + self._timeout_s
+        pending = list(tps)
+        while pending:
+            metas = self._transport.get_metadata(sorted({tp.topic for tp in pending}), timeout_s=self._timeout_s)
+            futures = {}
+            for tp in pending:
+                parts = metas[tp.topic].partitions
+                if tp.partition >= len(parts):
+                    raise errors.UnknownTopicOrPartitionError(f"no partition {tp}", topic=tp.topic)
+                if parts[tp.partition].leader >= 0:
+                    futures[tp] = self._transport.list_offset(tp, parts[tp.partition].leader, spec)
+            retry = []
+            for tp, future in futures.items():
+                try:
+                    out[tp] = future.result(timeout=max(deadline - time.monotonic(), 0.0))
+                except errors.RaystreamError as exc:
+                    if exc.retriable:
+                        retry.append(tp)
+                    log.debug("list offsets of %s: %s: %s", tp, type(exc).__name__, exc)
+            if not retry or time.monotonic() >= deadline:
+                break
+            pending = retry
+            time.sleep(_RETRY_BACKOFF_S)
         return out
 
     def close(self) -> None:
