@@ -35,6 +35,7 @@ from raystream.storage.compacted_map import CompactedMap
 
 log = logging.getLogger(__name__)
 OFFSETS_DIR = "__consumer_offsets"
+GENERATIONS_DIR = "__group_generations"
 _GROUP_TICK_S = 0.1
 _LAG_CALLS_IN_FLIGHT_MAX = 64  # ListOffsets calls to leaders at once while computing the lag gauges
 
@@ -50,6 +51,9 @@ class GroupCoordinatorMixin:
         self._empty_since_ms: dict[str, int] = {}
         self._rebalancing: dict[str, asyncio.Event] = {}  # set while a group's join phase runs
         self._offsets = CompactedMap(root / OFFSETS_DIR)
+        # Each group's last generation id (Kafka keeps it in its GroupMetadata records of __consumer_offsets):
+        # a restarted coordinator continues from it, so no generation id is ever handed out twice.
+        self._generations = CompactedMap(root / GENERATIONS_DIR)
         try:
             self._group_task = asyncio.get_running_loop().create_task(self._group_loop())
             self._lag_task: asyncio.Task | None = asyncio.get_running_loop().create_task(self._lag_loop())
@@ -63,7 +67,8 @@ class GroupCoordinatorMixin:
                 raise ValueError(f"group_id must be a non-empty str, got {group_id!r}")
             group = GroupMetadata(group_id, member_ids=lambda client: f"{client or 'consumer'}-{uuid.uuid4()}",
                                   initial_rebalance_delay_ms=self.broker_config.group_initial_rebalance_delay_ms,
-                                  topic_partitions=self._partition_counts())
+                                  topic_partitions=self._partition_counts(),
+                                  generation_id=self._generations.get(group_id, 0))
             self._groups[group_id] = group
         return group
 
@@ -129,6 +134,7 @@ class GroupCoordinatorMixin:
         """Apply time to one group and answer the joins its completed join phase decided."""
         result = group.poll(_now_ms())
         if result.completion is not None:
+            self._generations.update({group.group_id: result.completion.generation_id})  # before anyone hears
             waiters = self._join_waiters.pop(group.group_id, {})
             for member_id, waiter in waiters.items():
                 if waiter.done():
@@ -301,4 +307,5 @@ class GroupCoordinatorMixin:
         if group is not None:
             group.delete()  # GroupNotEmptyError unless Empty
             self._groups.pop(group_id, None)
+            self._generations.update(deletes=[group_id] if group_id in self._generations else [])
         self._offsets.update(deletes=keys)

@@ -11,6 +11,7 @@ and the unit tests use an in-process fake.
 from __future__ import annotations
 
 import abc
+import threading
 from concurrent.futures import Future
 from typing import Any
 
@@ -81,6 +82,20 @@ class BaseTransport(abc.ABC):
         ``leave_group``, ``commit_offsets``, ``fetch_offsets``, ``list_groups``, ``describe_group_state``,
         ``reset_group_offsets``, ``delete_group``). Transports without groups raise NotImplementedError."""
         raise NotImplementedError(f"{type(self).__name__} has no group coordinator")
+
+    def group_submit(self, method: str, *args: Any) -> Future:
+        """:meth:`group_call` without blocking: a future of its answer (a consumer's join stays in flight
+        across polls). This default runs the blocking call on a thread of its own."""
+        future: Future = Future()
+
+        def run() -> None:
+            try:
+                future.set_result(self.group_call(method, *args))
+            except BaseException as exc:  # delivered through the future
+                future.set_exception(exc)
+
+        threading.Thread(target=run, daemon=True, name=f"raystream-{method}").start()
+        return future
 
     # -- partition replicas (asynchronous) --------------------------------------------------------------------
     @abc.abstractmethod

@@ -35,7 +35,7 @@ from raystream.client.convert import (
     user_schema,
 )
 from raystream.client.fetcher import RESET_SPECS, Fetcher
-from raystream.client.group import DEFAULT_ASSIGNORS, GroupMember
+from raystream.client.group import DEFAULT_ASSIGNORS, ConsumerGroupMetadata, GroupMember
 from raystream.client.metadata import MetadataCache
 from raystream.core.assignors import ASSIGNORS
 from raystream.errors import ClosedError, RaystreamError, RequestTimeoutError, UnknownTopicOrPartitionError
@@ -194,8 +194,19 @@ class Consumer:
         self._iter_records.clear()
 
     def assignment(self) -> set[TopicPartition]:
+        """The partitions this consumer reads. A group member reports only what it owns in the group's
+        current generation (nothing once it learns its generation is gone)."""
         self._check_open()
-        return set(self._fetcher.states)
+        assigned = set(self._fetcher.states)
+        return assigned if self._group is None else self._group.reportable(assigned)
+
+    def group_metadata(self) -> ConsumerGroupMetadata:
+        """Kafka's ``groupMetadata()``: group id, generation id, member id and group instance id as this
+        member knows them now."""
+        self._check_open()
+        if self._group is None:
+            raise ValueError(f"group_metadata: {_NO_GROUP}")
+        return self._group.metadata()
 
     def unsubscribe(self) -> None:
         """Drop the assignment (Kafka's ``unsubscribe`` also ends a manual assignment); a group member
@@ -211,11 +222,14 @@ class Consumer:
         self._iter_records.clear()
 
     def subscribe(self, topics: Any = None, on_assign: Callable[[set[TopicPartition]], Any] | None = None,
-                  on_revoke: Callable[[set[TopicPartition]], Any] | None = None, *, pattern: Any = None) -> None:
+                  on_revoke: Callable[[set[TopicPartition]], Any] | None = None, *, pattern: Any = None,
+                  on_lost: Callable[[set[TopicPartition]], Any] | None = None) -> None:
         """Join the consumer group and read the partitions it assigns to this member. ``topics``: names (or
         a compiled ``re.Pattern``); ``pattern``: a regex every topic name must fully match (new matching
         topics are picked up within ``metadata_max_age_ms``). ``on_revoke(partitions)`` runs before
-        partitions move away (commit there), ``on_assign(partitions)`` after new ones arrive; both run
+        partitions move away (commit there), ``on_assign(partitions)`` after new ones arrive;
+        ``on_lost(partitions)`` (default: ``on_revoke``) when the member finds itself out of the group's
+        generation — the partitions may be someone else's already, so committing there fails. All run
         inside ``poll`` on this thread."""
         self._check_open()
         if self._group is None:
@@ -235,11 +249,11 @@ class Consumer:
                 raise ValueError("topics must be a non-empty list of topic names")
             for topic in sorted(names):
                 self._metadata.get(topic, timeout_s=self._api_timeout_s)  # unknown topic: a clear error now
-        for name, fn in (("on_assign", on_assign), ("on_revoke", on_revoke)):
+        for name, fn in (("on_assign", on_assign), ("on_revoke", on_revoke), ("on_lost", on_lost)):
             if fn is not None and not callable(fn):
                 raise TypeError(f"{name} must be callable")
         self._fetcher.assign([])
-        self._group.subscribe(names, pattern, on_assign, on_revoke)
+        self._group.subscribe(names, pattern, on_assign, on_revoke, on_lost)
 
     def subscription(self) -> set[str]:
         self._check_open()
@@ -379,19 +393,22 @@ class Consumer:
         deadline = None if timeout is None else time.monotonic() + timeout
         fetcher = self._fetcher
         self._auto_commit()
+        group = self._group
         while True:
-            if self._group is not None:
-                self._group.before_poll(self)  # rejoins (and runs the callbacks) when a rebalance is due
+            if group is not None:
+                group.before_poll(self, deadline)  # rejoins (and runs the callbacks) when a rebalance is due
             fetcher.reset_positions(0.0)  # sends or takes in list_offset requests; never waits here
             fetcher.collect()
-            pieces = fetcher.take(max_records)
+            # A group member hands out records only while it surely owns their partitions (client.group).
+            pieces = fetcher.take(max_records) if group is None or group.may_deliver() else []
             fetcher.send_fetches()  # the prefetch: travels while the caller processes ``pieces``
             if pieces:
                 return pieces
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 return []
-            fetcher.wait(self._api_timeout_s if remaining is None else remaining)
+            fetcher.wait(self._api_timeout_s if remaining is None else remaining,
+                         also=() if group is None else group.wake_futures())
 
     # -- positions -------------------------------------------------------------------------------------------
     def _assigned(self, tp: Any) -> TopicPartition:

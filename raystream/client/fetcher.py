@@ -313,10 +313,10 @@ class Fetcher:
         else:
             log.debug("fetch of %s failed (will retry): %s", state.tp, exc)
 
-    def wait(self, timeout_s: float) -> None:
-        """Block until a fetch finishes, a backoff ends or ``timeout_s`` passes."""
+    def wait(self, timeout_s: float, also: Iterable[Future] = ()) -> None:
+        """Block until a fetch finishes, a backoff ends, one of ``also`` completes or ``timeout_s`` passes."""
         now = time.monotonic()
-        futures = [s.inflight.future for s in self.states.values() if s.inflight is not None]
+        futures = list(also) + [s.inflight.future for s in self.states.values() if s.inflight is not None]
         futures += [s.resetting[0] for s in self.states.values() if s.resetting is not None]
         retry = [s.retry_at for s in self.states.values() if s.retry_at > now and not s.paused]
         deadlines = [s.inflight.deadline for s in self.states.values() if s.inflight is not None]

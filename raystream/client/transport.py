@@ -139,6 +139,11 @@ class RayTransport(BaseTransport):
             raise ValueError(f"not a group coordinator method: {method!r}")
         return self._call(method, *args, timeout_s=timeout_s)
 
+    def group_submit(self, method: str, *args: Any) -> Future:
+        if method not in self._GROUP_METHODS:
+            raise ValueError(f"not a group coordinator method: {method!r}")
+        return _as_future(lambda: getattr(self.controller, method).remote(*args), f"controller.{method}")
+
     # -- replicas --------------------------------------------------------------------------------------------
     def _replica(self, key: tuple[str, int, int]) -> Any:
         with self._lock:
@@ -161,26 +166,8 @@ class RayTransport(BaseTransport):
 
     def _submit(self, tp: TopicPartition, broker_id: int, method: str, *args: Any) -> Future:
         key = (tp.topic, tp.partition, broker_id)
-        what = f"{method} {tp} on broker {broker_id}"
-        try:
-            ref = getattr(self._replica(key), method).remote(*args)
-            ray_future = ref.future()
-        except Exception as exc:
-            self._forget(key)
-            return failed_future(map_ray_error(exc, what))
-        out: Future = Future()
-        out._raystream_ref = ref  # type: ignore[attr-defined]  # keep the object alive until resolved
-
-        def resolve(done: Future) -> None:
-            exc = done.exception()
-            if exc is None:
-                out.set_result(done.result())
-                return
-            self._forget(key)
-            out.set_exception(map_ray_error(exc, what))
-
-        ray_future.add_done_callback(resolve)
-        return out
+        return _as_future(lambda: getattr(self._replica(key), method).remote(*args),
+                          f"{method} {tp} on broker {broker_id}", on_error=lambda: self._forget(key))
 
     def produce(self, tp: TopicPartition, broker_id: int, batch: pa.RecordBatch, acks: int, timeout_ms: int,
                 leader_epoch: int | None = None, producer_id: int = -1, producer_epoch: int = -1,
@@ -205,6 +192,32 @@ class RayTransport(BaseTransport):
         if read_committed:
             return self._submit(tp, broker_id, "list_offset", spec, True)
         return self._submit(tp, broker_id, "list_offset", spec)
+
+
+def _as_future(call, what: str, on_error=None) -> Future:
+    """Run ``call`` (which returns an ObjectRef) and give its answer as a ``concurrent.futures.Future`` that
+    fails with raystream errors only (:func:`map_ray_error`); ``on_error`` runs first on any failure."""
+    try:
+        ref = call()
+        ray_future = ref.future()
+    except Exception as exc:
+        if on_error is not None:
+            on_error()
+        return failed_future(map_ray_error(exc, what))
+    out: Future = Future()
+    out._raystream_ref = ref  # type: ignore[attr-defined]  # keep the object alive until resolved
+
+    def resolve(done: Future) -> None:
+        exc = done.exception()
+        if exc is None:
+            out.set_result(done.result())
+            return
+        if on_error is not None:
+            on_error()
+        out.set_exception(map_ray_error(exc, what))
+
+    ray_future.add_done_callback(resolve)
+    return out
 
 
 #: The name the design notes use; one class.

@@ -204,10 +204,11 @@ class GroupMetadata:
 
     def __init__(self, group_id: str, *, member_ids: MemberIdFactory,
                  initial_rebalance_delay_ms: int = DEFAULT_INITIAL_REBALANCE_DELAY_MS,
-                 topic_partitions: Mapping[str, int] | None = None) -> None:
+                 topic_partitions: Mapping[str, int] | None = None, generation_id: int = 0) -> None:
+        """``generation_id``: the last one this group had (a restarted coordinator's record of it)."""
         self.group_id = group_id
         self.state = GroupState.EMPTY
-        self.generation_id = 0
+        self.generation_id = generation_id
         self.protocol: str | None = None
         self.leader_id: str | None = None
         self._new_member_id = member_ids
