@@ -131,8 +131,10 @@ class Controller(FailoverMixin, GroupCoordinatorMixin, TransactionCoordinatorMix
             metrics.isr_changed(record["topic"], isr_before, record["isr"])
 
     def _close_logs(self) -> None:
-        """Close the committed-offsets and transaction logs (what this process's death would release)."""
+        """Close the committed-offsets, group-generation and transaction logs (what this process's death
+        would release)."""
         self._offsets.close()
+        self._generations.close()
         self._txn_store.close()
 
     def _lock_(self) -> asyncio.Lock:
