@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -120,7 +121,8 @@ def shutdown(stop_cluster: bool = False) -> None:
 
 
 def stop(handle: ClusterHandle) -> None:
-    """Gracefully stop a cluster's actors: every replica flushes and closes its log."""
+    """Gracefully stop a cluster's actors: every replica flushes and closes its log; then the controller
+    and every node's broker agent (which releases its broker directory's lock)."""
     metadata = ray.get(handle.controller.get_metadata.remote(None))
     from raystream.protocol import replica_actor_name
 
@@ -139,3 +141,30 @@ def stop(handle: ClusterHandle) -> None:
     for actor in actors:
         ray.kill(actor, no_restart=True)
     ray.kill(handle.controller, no_restart=True)
+    _stop_broker_agents(handle.cluster)
+
+
+def _stop_broker_agents(cluster: str, timeout_s: float = 10.0) -> None:
+    """Kill every node's broker agent of ``cluster`` and wait (bounded) until their names are free, so that
+    a ``start`` right after creates new agents, which claim the same broker directories again."""
+    from raystream.protocol import broker_agent_name
+
+    names = [broker_agent_name(cluster, n["NodeID"]) for n in ray.nodes() if n["Alive"]]
+    for name in names:
+        try:
+            ray.kill(ray.get_actor(name, namespace=ACTOR_NAMESPACE), no_restart=True)
+        except ValueError:  # this node never had one
+            pass
+    deadline = time.monotonic() + timeout_s
+    while names and time.monotonic() < deadline:
+        names = [n for n in names if _actor_exists(n)]
+        if names:
+            time.sleep(0.05)
+
+
+def _actor_exists(name: str) -> bool:
+    try:
+        ray.get_actor(name, namespace=ACTOR_NAMESPACE)
+    except ValueError:
+        return False
+    return True

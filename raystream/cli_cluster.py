@@ -47,8 +47,8 @@ def _status(handle: Any) -> dict[str, Any]:
               "broker": next((b for b, node in node_of.items() if node == n["NodeID"]), None)}
              for n in ray.nodes()]
     return {"cluster": handle.cluster, "data_dir": handle.data_dir, "nodes": nodes,
-            "brokers": [{"broker": b, "node_id": i.node_id, "data_dir": i.data_dir, "alive": i.alive}
-                        for b, i in sorted(brokers.items())],
+            "brokers": [{"broker": b, "node_id": i.node_id, "data_dir": i.data_dir, "log_dir": i.log_dir,
+                         "alive": i.alive} for b, i in sorted(brokers.items())],
             "topics": topics, "groups": groups}
 
 

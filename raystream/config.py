@@ -150,6 +150,11 @@ class BrokerConfig:
     #: ``raystream_consumer_group_lag`` gauge (one ListOffsets per partition with a committed offset a round;
     #: a round finishes before the next one is due). Ray exports metrics every 10 s by default.
     metrics_group_lag_interval_ms: int = 10_000
+    #: raystream's (``broker.registration.timeout.ms``): how long the controller waits for Ray nodes to
+    #: register as brokers — every live node at start, the nodes without a broker yet before a placement
+    #: (create_topic, create_partitions). A node that does not answer in time is left out of that placement
+    #: and registered by the failure monitor later.
+    broker_registration_timeout_ms: int = 30_000
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any] | None = None) -> BrokerConfig:

@@ -122,7 +122,8 @@ class TopicMetadata:
 class BrokerInfo:
     broker_id: int
     node_id: str  # current Ray node id (hex)
-    data_dir: str
+    data_dir: str  # the node's data dir (its RAYSTREAM_DATA_DIR, else the cluster's data_dir)
+    log_dir: str  # the broker's directory, holding its partition directories (raystream.storage.broker_dirs)
     alive: bool = True
 
 
@@ -152,6 +153,11 @@ class FetchResult:
 def replica_actor_name(cluster: str, topic: str, partition: int, broker_id: int) -> str:
     """Ray actor name of one partition replica ('/' cannot occur in cluster or topic names)."""
     return f"{cluster}/replica/{topic}/{partition}/{broker_id}"
+
+
+def broker_agent_name(cluster: str, node_id: str) -> str:
+    """Ray actor name of the broker agent of one Ray node (``raystream.actors.broker``)."""
+    return f"{cluster}/broker/{node_id}"
 
 
 def controller_actor_name(cluster: str) -> str:

@@ -4,10 +4,20 @@ One detached named actor per raystream cluster (namespace ``raystream``), pinned
 it (its metadata log lives on that node's disk) and restarted by Ray after a crash (``max_restarts=-1``):
 it replays its metadata log and re-sends every replica its role, so nothing is lost.
 
-Brokers: a broker is a stable id kept in ``<data_dir>/<cluster>/meta.properties`` on each node (as Kafka's
-``meta.properties``); the controller maps it to the node's current Ray node id at start, so a new Ray
-cluster on the same data directories finds every topic and record again. A node's data directory is its
-``RAYSTREAM_DATA_DIR`` if set, else the cluster's ``data_dir``.
+Brokers: one per Ray node, and one per log directory (Kafka's rule, enforced by a lock). Each node runs a
+broker agent (``raystream.actors.broker``) that claims a broker directory under the node's root
+``<data dir>/<cluster>/`` and holds its ``.lock`` while it lives: ``broker-<id>/`` with the stable id in its
+``meta.properties`` (as Kafka's) and the broker's partition directories (``raystream.storage.broker_dirs``).
+A node's data dir is its ``RAYSTREAM_DATA_DIR`` if set, else the cluster's ``data_dir``; several nodes may
+share one (one machine, NFS/EFS) and still are distinct brokers with distinct logs. The controller maps each
+broker to its node's current Ray node id (at start, before every placement for nodes without a broker yet,
+and in the failure monitor for nodes that join later), so a new Ray cluster on the same data directories
+finds every topic and record again. A root of the older layout (``<root>/meta.properties``, partitions
+directly in the root) is one broker directory itself. The controller's own logs (``__controller``, committed
+offsets, transactions) live in ``<data_dir>/<cluster>/`` of the controller's node.
+
+Registration is serialised by the registration lock (taken before the metadata lock, never after); the
+nodes are asked outside the metadata lock, the answers recorded under it.
 
 Concurrency: an async actor; metadata changes are serialised by ``self._lock`` (one change at a time,
 appended to the metadata log before it is applied); reads need no lock.
@@ -16,6 +26,7 @@ appended to the metadata log before it is applied); reads need no lock.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import time
@@ -50,6 +61,7 @@ from raystream.protocol import (
     PartitionState,
     TopicDescription,
     TopicMetadata,
+    broker_agent_name,
     controller_actor_name,
     replica_actor_name,
 )
@@ -59,24 +71,6 @@ from raystream.storage.schema_evolution import compatibility_problems
 log = logging.getLogger(__name__)
 METADATA_DIR = "__controller"
 METADATA_LOG = "metadata.log"
-META_PROPERTIES = "meta.properties"
-
-
-@ray.remote(num_cpus=0)
-def register_broker(cluster: str, default_data_dir: str, proposed_id: int) -> tuple[int, str]:
-    """Runs on one node: read (or create) that node's stable broker id. Returns (broker id, data dir)."""
-    data_dir = os.environ.get("RAYSTREAM_DATA_DIR") or default_data_dir
-    root = Path(data_dir) / cluster
-    root.mkdir(parents=True, exist_ok=True)
-    meta = root / META_PROPERTIES
-    if meta.exists():
-        props = dict(line.split("=", 1) for line in meta.read_text().splitlines() if "=" in line)
-        return int(props["broker.id"]), data_dir
-    tmp = meta.with_suffix(".tmp")
-    tmp.write_text(f"broker.id={proposed_id}\ncluster={cluster}\n")
-    os.replace(tmp, meta)
-    return proposed_id, data_dir
-
 
 class Controller(FailoverMixin, GroupCoordinatorMixin, TransactionCoordinatorMixin):
     def __init__(self, cluster: str, data_dir: str, broker_config: dict[str, Any] | None = None,
@@ -88,7 +82,7 @@ class Controller(FailoverMixin, GroupCoordinatorMixin, TransactionCoordinatorMix
         #: What a new topic gets for each config it does not set (the cluster defaults file's topic_defaults
         #: over Kafka's defaults); resolved at create and recorded with the topic.
         self.topic_defaults = TopicConfig.from_dict(topic_defaults)
-        self.metadata = ClusterMetadata()
+        self.metadata = ClusterMetadata(cluster)
         self._dir = Path(data_dir) / cluster / METADATA_DIR
         self._dir.mkdir(parents=True, exist_ok=True)
         self._log_path = self._dir / METADATA_LOG
@@ -96,6 +90,8 @@ class Controller(FailoverMixin, GroupCoordinatorMixin, TransactionCoordinatorMix
         self._log_file = open(self._log_path, "ab")  # noqa: SIM115 - held for the actor's lifetime
         self._lock: asyncio.Lock | None = None
         self._started = False
+        #: Broker ids proposed to agents that did not answer are never proposed again (see _probe_nodes).
+        self._next_broker_proposal = 0
         self._init_failover()
         self._init_groups(Path(data_dir) / cluster)
         self._init_transactions(Path(data_dir) / cluster)
@@ -147,17 +143,20 @@ class Controller(FailoverMixin, GroupCoordinatorMixin, TransactionCoordinatorMix
         """Register the brokers of all live nodes and (re)assert every replica's role. Idempotent.
         ``register=False`` (a controller Ray restarted): keep the recorded brokers; the failure monitor's
         node loop registers new nodes, so a dying node cannot delay the restart."""
-        async with self._registration_lock_(), self._lock_():
+        async with self._registration_lock_():
             if register or not self.metadata.brokers:
-                await self._register_brokers()
-            # First start (or restart): every replica gets its role again. Later calls only replace
-            # replicas whose actors are gone (stopped for good, or their process could not be restarted).
-            only_missing = self._started
-            self._started = True
-            self._start_transaction_coordinator()
-            calls = [c for t in list(self.metadata.topics.values())
-                     for c in self._replica_role_calls(t, only_missing=only_missing)]
-            brokers = dict(self.metadata.brokers)
+                # A repeated start on a running controller handles brokers that moved, as the monitor does;
+                # the first start sends every replica its role below anyway.
+                await self._register_nodes(only_new=False, reconcile=self._started)
+            async with self._lock_():
+                # First start (or restart): every replica gets its role again. Later calls only replace
+                # replicas whose actors are gone (stopped for good, or their process could not be restarted).
+                only_missing = self._started
+                self._started = True
+                self._start_transaction_coordinator()
+                calls = [c for t in list(self.metadata.topics.values())
+                         for c in self._replica_role_calls(t, only_missing=only_missing)]
+                brokers = dict(self.metadata.brokers)
         # Outside the lock: a replica on a node that died silently must not hold up elections; one that
         # missed its role gets it from the failure monitor's reconciliation.
         timeout_s = 2 * self.broker_config.replica_session_timeout_ms / 1000
@@ -168,46 +167,103 @@ class Controller(FailoverMixin, GroupCoordinatorMixin, TransactionCoordinatorMix
                      len(failed), type(failed[0]).__name__)
         return brokers
 
-    async def _register_brokers(self, timeout_s: float = 60.0) -> None:
-        """Probe every live node for its broker id and record the result. Call with the metadata lock held
-        (the failure monitor uses :meth:`_probe_nodes` unlocked, then :meth:`_apply_registration`)."""
-        await self._apply_registration(*await self._probe_nodes(timeout_s))
+    # -- brokers --------------------------------------------------------------------------------------------------
+    async def _register_nodes(self, only_new: bool, timeout_s: float | None = None,
+                              nodes: list[dict] | None = None, reconcile: bool = True) -> None:
+        """Make Ray's live nodes brokers: ask each node's broker agent for its broker (creating the agent on
+        a new node), all at once and bounded by ``timeout_s`` (default ``broker.registration.timeout.ms``),
+        then record the answers. ``only_new``: only the nodes without a live broker yet (no call at all when
+        there is none); else every live node, and brokers on no live node are marked dead.
 
-    async def _probe_nodes(self, timeout_s: float) -> tuple[list[dict], list[Any]]:
-        """Ask each live node for its broker id (creating it on a new node). Needs no metadata lock; the
-        caller must not run two probes at once (ids are proposed from the recorded maximum), hence
-        ``self._registration`` around probe and apply in the monitor."""
-        nodes = [n for n in await asyncio.to_thread(ray.nodes) if n["Alive"]]
-        proposed = self.metadata.next_broker_id
-        calls = []
-        for i, node in enumerate(nodes):
-            strategy = NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)
-            calls.append(register_broker.options(scheduling_strategy=strategy).remote(
-                self.cluster, self.data_dir, proposed + i))
-        # Bounded: a node Ray still lists as alive may be gone (Ray takes ~15 s to notice); the failure
-        # monitor passes a short timeout (such a node counts as unregistered this round, asked again later).
-        results = await asyncio.gather(*(asyncio.wait_for(c, timeout_s) for c in calls), return_exceptions=True)
-        return nodes, list(results)
+        The caller holds the registration lock (two probes at once could propose one id twice), not the
+        metadata lock: the probe runs outside it (a dying node must not hold up elections), the recording
+        under it. ``reconcile``: brokers that came back or moved get their replicas (the failure monitor's
+        :meth:`_brokers_changed`)."""
+        if timeout_s is None:
+            timeout_s = self.broker_config.broker_registration_timeout_ms / 1000
+        if nodes is None:
+            nodes = await asyncio.to_thread(ray.nodes)
+        nodes = [n for n in nodes if n["Alive"]]
+        if only_new:
+            known = {info.node_id for info in self.metadata.brokers.values() if info.alive}
+            nodes = [n for n in nodes if n["NodeID"] not in known]
+            if not nodes:
+                return
+        results = await self._probe_nodes(nodes, timeout_s)
+        async with self._lock_():
+            before = {b: info for b, info in self.metadata.brokers.items()}
+            self._apply_registration(nodes, results, full=not only_new)
+            if reconcile:
+                await self._brokers_changed(before)
 
-    async def _apply_registration(self, nodes: list[dict], results: list[Any]) -> None:
+    def _broker_agent(self, node_id: str):
+        """The broker agent of ``node_id`` (created there if it has none)."""
+        from raystream.actors.broker import BrokerAgent
+
+        return ray.remote(BrokerAgent).options(
+            name=broker_agent_name(self.cluster, node_id), namespace=ACTOR_NAMESPACE, get_if_exists=True,
+            lifetime="detached", num_cpus=0, max_restarts=0,
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
+        ).remote(self.cluster, self.data_dir)
+
+    async def _probe_nodes(self, nodes: list[dict], timeout_s: float) -> list[Any]:
+        """Ask each node's agent for its (broker id, data dir, log dir), proposing distinct new ids (an
+        agent that already holds a broker directory ignores the proposal). Bounded: a node Ray still lists
+        as alive may be gone (Ray takes ~15 s to notice); such a node counts as unregistered this time."""
+        proposed = max(self.metadata.next_broker_id, self._next_broker_proposal)
+
+        async def register(node_id: str, broker_id: int) -> tuple[int, str, str]:
+            return tuple(await self._broker_agent(node_id).register.remote(broker_id))
+
+        calls = [asyncio.wait_for(register(n["NodeID"], proposed + i), timeout_s) for i, n in enumerate(nodes)]
+        results = list(await asyncio.gather(*calls, return_exceptions=True))
+        # An agent that did not answer may still claim a new directory with its proposed id: never propose
+        # that id again (an id proposed to an agent that answered is recorded, or was not used).
+        unanswered = [proposed + i for i, r in enumerate(results) if isinstance(r, BaseException)]
+        self._next_broker_proposal = max([self._next_broker_proposal, *(i + 1 for i in unanswered)])
+        return results
+
+    def _apply_registration(self, nodes: list[dict], results: list[Any], full: bool = True) -> None:
+        """Record what the probed ``nodes`` answered (``results``, in order) and set every broker's alive
+        flag: alive if its node answered with it; one on a probed node that did not answer keeps its flag;
+        one on a node not probed keeps its flag too, unless ``full`` (every live node was probed)."""
+        probed = {n["NodeID"] for n in nodes}
+        answers: dict[int, tuple[str, str, str]] = {}  # broker id -> (node id, data dir, log dir)
         alive_ids = set()
         for node, result in zip(nodes, results, strict=True):
+            node_id = node["NodeID"]
             if isinstance(result, BaseException):
                 # Dead, dying or just slow: a broker already known on this node keeps its state (replica
                 # heartbeats judge its replicas); an unknown one is registered on a later round.
-                log.info("node %s did not register its broker: %s", node["NodeID"], type(result).__name__)
+                cause = getattr(result, "cause", None) or result  # a RayTaskError carries the agent's error
+                log.info("node %s did not register its broker: %s: %.300s", node_id, type(cause).__name__, cause)
                 alive_ids.update(b for b, info in self.metadata.brokers.items()
-                                 if info.node_id == node["NodeID"] and info.alive)
+                                 if info.node_id == node_id and info.alive)
                 continue
-            broker_id, data_dir = result
+            broker_id, data_dir, log_dir = result
+            other = answers.get(broker_id)
+            if other is not None:
+                # Two live nodes claim one broker id: two data directories hold the same meta.properties
+                # (a copied directory). Kafka refuses the second registration; so do we, keeping the node
+                # the metadata already maps it to.
+                recorded = self.metadata.brokers.get(broker_id)
+                keep, refuse = (node_id, other[0]) if recorded and recorded.node_id == node_id else (other[0], node_id)
+                log.error("broker id %d is claimed by nodes %s and %s (log dirs %s, %s); registering it on %s "
+                          "only", broker_id, other[0], node_id, other[2], log_dir, keep)
+                if keep == other[0]:
+                    continue
+            answers[broker_id] = (node_id, data_dir, log_dir)
             alive_ids.add(broker_id)
+        for broker_id, (node_id, data_dir, log_dir) in sorted(answers.items()):
             known = self.metadata.brokers.get(broker_id)
-            if known is None or known.node_id != node["NodeID"] or known.data_dir != data_dir:
-                self._record(ClusterMetadata.broker_record(broker_id, node["NodeID"], data_dir))
+            if known is None or (known.node_id, known.data_dir, known.log_dir) != (node_id, data_dir, log_dir):
+                self._record(ClusterMetadata.broker_record(broker_id, node_id, data_dir, log_dir))
         for broker_id, info in list(self.metadata.brokers.items()):
+            if not full and info.node_id not in probed and broker_id not in alive_ids:
+                continue
             alive = broker_id in alive_ids
             if info.alive != alive:
-                self.metadata.brokers[broker_id] = BrokerInfo(info.broker_id, info.node_id, info.data_dir, alive)
+                self.metadata.brokers[broker_id] = dataclasses.replace(info, alive=alive)
 
     def _live_brokers(self) -> list[int]:
         return sorted(b for b, info in self.metadata.brokers.items() if info.alive)
@@ -221,7 +277,7 @@ class Controller(FailoverMixin, GroupCoordinatorMixin, TransactionCoordinatorMix
 
         state = self.metadata.topics[topic]
         broker = self.metadata.brokers[broker_id]
-        log_dir = str(Path(broker.data_dir) / self.cluster / partition_dir_name(topic, partition))
+        log_dir = str(Path(broker.log_dir) / partition_dir_name(topic, partition))
         return ray.remote(PartitionReplica).options(
             name=name, namespace=ACTOR_NAMESPACE, get_if_exists=True, lifetime="detached",
             num_cpus=0, max_restarts=-1, max_task_retries=0,
@@ -243,7 +299,7 @@ class Controller(FailoverMixin, GroupCoordinatorMixin, TransactionCoordinatorMix
         calls = []
         for state in parts:
             for broker in state.replicas:
-                if not self.metadata.brokers.get(broker, BrokerInfo(broker, "", "", False)).alive:
+                if not self.metadata.brokers.get(broker, BrokerInfo(broker, "", "", "", False)).alive:
                     continue
                 exists = self._replica_exists(topic.name, state.partition, broker)
                 if only_missing and exists:
@@ -283,29 +339,48 @@ class Controller(FailoverMixin, GroupCoordinatorMixin, TransactionCoordinatorMix
         if not isinstance(partitions, int) or isinstance(partitions, bool) or partitions < 1:
             raise InvalidPartitionsError(f"partitions must be an int >= 1, got {partitions!r}")
         topic_config = TopicConfig.from_dict(config, base=self.topic_defaults).to_dict()
-        async with self._registration_lock_(), self._lock_():
+        async with self._registration_lock_():
             if name in self.metadata.topics:
                 raise TopicAlreadyExistsError(f"topic {name!r} already exists")
-            await self._register_brokers()
-            brokers = self._live_brokers()
-            assignment = assign_replicas(brokers, range(partitions), replication_factor,
-                                         start_index=len(self.metadata.topics))
-            self._record(ClusterMetadata.topic_record(name, topic_config, schema_bytes, key_column, assignment))
-            await self._ensure_replicas(self.metadata.topics[name])
-            return self.metadata.topics[name].to_metadata()
+            # Every live Ray node is a broker by the time replicas are placed (a node that just joined
+            # included), bounded by broker.registration.timeout.ms.
+            await self._register_nodes(only_new=True)
+            async with self._lock_():
+                return await self._create_topic_locked(name, partitions, replication_factor, topic_config,
+                                                       schema_bytes, key_column)
+
+    async def _create_topic_locked(self, name: str, partitions: int, replication_factor: int,
+                                   topic_config: dict[str, Any], schema_bytes: bytes | None,
+                                   key_column: str | None) -> TopicMetadata:
+        if name in self.metadata.topics:
+            raise TopicAlreadyExistsError(f"topic {name!r} already exists")
+        assignment = assign_replicas(self._live_brokers(), range(partitions), replication_factor,
+                                     start_index=len(self.metadata.topics))
+        self._record(ClusterMetadata.topic_record(name, topic_config, schema_bytes, key_column, assignment))
+        await self._ensure_replicas(self.metadata.topics[name])
+        return self.metadata.topics[name].to_metadata()
 
     async def create_partitions(self, name: str, total: int) -> TopicMetadata:
-        async with self._lock_():
-            topic = self._topic(name)
-            current = len(topic.partitions)
-            if not isinstance(total, int) or total <= current:
+        async with self._registration_lock_():
+            current = len(self._topic(name).partitions)
+            if not isinstance(total, int) or total <= current:  # checked again under the metadata lock
                 raise InvalidPartitionsError(f"topic {name!r} has {current} partitions; the new total must be "
                                              f"larger, got {total!r}")
-            rf = len(topic.partitions[0].replicas)
-            assignment = assign_replicas(self._live_brokers(), range(current, total), rf)
-            self._record({"t": "partitions", "name": name, "assignment": {p: list(r) for p, r in assignment.items()}})
-            await self._ensure_replicas(topic, list(range(current, total)))
-            return topic.to_metadata()
+            await self._register_nodes(only_new=True)  # as create_topic: place over every live node
+            async with self._lock_():
+                return await self._create_partitions_locked(name, total)
+
+    async def _create_partitions_locked(self, name: str, total: int) -> TopicMetadata:
+        topic = self._topic(name)
+        current = len(topic.partitions)
+        if not isinstance(total, int) or total <= current:
+            raise InvalidPartitionsError(f"topic {name!r} has {current} partitions; the new total must be "
+                                         f"larger, got {total!r}")
+        rf = len(topic.partitions[0].replicas)
+        assignment = assign_replicas(self._live_brokers(), range(current, total), rf)
+        self._record({"t": "partitions", "name": name, "assignment": {p: list(r) for p, r in assignment.items()}})
+        await self._ensure_replicas(topic, list(range(current, total)))
+        return topic.to_metadata()
 
     async def delete_topic(self, name: str) -> None:
         async with self._lock_():

@@ -188,35 +188,38 @@ class FailoverMixin:
         nodes = await asyncio.to_thread(ray.nodes)
         alive_nodes = {n["NodeID"] for n in nodes if n["Alive"]}
         self._alive_nodes = alive_nodes
-        known_nodes = {info.node_id for info in self.metadata.brokers.values() if info.alive}
         dead_with_actors = {b for b, info in self.metadata.brokers.items()
                             if not info.alive and b not in self._forgotten_brokers}
         for broker in dead_with_actors:
             self._forgotten_brokers.add(broker)
             await self._forget_broker_replicas(broker)
+        known_nodes = {info.node_id for info in self.metadata.brokers.values() if info.alive}
         if alive_nodes <= known_nodes:
             return  # nothing new (dead nodes are handled by _check_once)
         async with self._registration_lock_():
-            probed = await self._probe_nodes(2 * self.broker_config.replica_session_timeout_ms / 1000)
-            async with self._lock_():
-                before = {b for b, info in self.metadata.brokers.items() if info.alive}
-                nodes_before = {b: info.node_id for b, info in self.metadata.brokers.items()}
-                await self._apply_registration(*probed)
-                after = {b for b, info in self.metadata.brokers.items() if info.alive}
-                # A broker whose data dir came back on another Ray node (a machine restarted before Ray
-                # declared the old node dead): its old replica actors are pinned to the old node.
-                moved = {b for b in after & before if self.metadata.brokers[b].node_id != nodes_before.get(b)}
-                for broker in moved:
-                    log.warning("broker %d moved to node %s", broker, self.metadata.brokers[broker].node_id)
-                    await self._forget_broker_replicas(broker)
-                before -= moved
-                for broker in after - before:
-                    log.info("broker %d is alive (again)", broker)
-                    self._broker_dead_since.pop(broker, None)
-                    self._forgotten_brokers.discard(broker)
-                if after - before:
-                    await asyncio.gather(*(self._ensure_replicas(t, only_missing=True)
-                                           for t in list(self.metadata.topics.values())))
+            # Short timeout: an agent still starting answers on a later round (its claim goes on meanwhile).
+            await self._register_nodes(only_new=True, nodes=nodes,
+                                       timeout_s=2 * self.broker_config.replica_session_timeout_ms / 1000)
+
+    async def _brokers_changed(self, before: dict[int, Any]) -> None:
+        """After a registration (under the metadata lock; ``before``: the brokers as they were): a broker
+        that came back gets its replicas; one whose data dir came back on another Ray node (a machine
+        restarted before Ray declared the old node dead, or a dead node's directory claimed by a new node
+        sharing its root) first loses its old replica actors, pinned to the old node."""
+        was_alive = {b for b, info in before.items() if info.alive}
+        after = {b for b, info in self.metadata.brokers.items() if info.alive}
+        moved = {b for b in after & was_alive if self.metadata.brokers[b].node_id != before[b].node_id}
+        for broker in moved:
+            log.warning("broker %d moved to node %s", broker, self.metadata.brokers[broker].node_id)
+            await self._forget_broker_replicas(broker)
+        returned = after - (was_alive - moved)
+        for broker in returned:
+            log.info("broker %d is alive (again)", broker)
+            self._broker_dead_since.pop(broker, None)
+            self._forgotten_brokers.discard(broker)
+        if returned:
+            await asyncio.gather(*(self._ensure_replicas(t, only_missing=True)
+                                   for t in list(self.metadata.topics.values())))
 
     def _replica_created(self, key: tuple[str, int, int]) -> None:
         """A replica actor was (re)created: it starts with a full session of grace."""

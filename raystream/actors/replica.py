@@ -393,7 +393,7 @@ class PartitionReplica(ReplicationMixin):
         return {"role": self.state.role.value, "leader_epoch": self.state.leader_epoch,
                 "isr": list(self.state.isr), "log_start_offset": self.log.log_start_offset,
                 "high_watermark": self.state.high_watermark, "log_end_offset": self.log.log_end_offset,
-                "size_bytes": self.log.size_bytes}
+                "size_bytes": self.log.size_bytes, "log_dir": str(self.log.directory)}
 
     async def update_config(self, config: dict[str, Any]) -> None:
         self.log.config = TopicConfig.from_dict(config)

@@ -6,7 +6,10 @@ restart, so the state after a restart equals the state before the crash.
 
 Record types::
 
-    broker      {id, node, data_dir}                 a broker (stable id) now lives on a Ray node
+    broker      {id, node, data_dir, log_dir}        a broker (stable id) now lives on a Ray node; its
+                                                      partition logs are in ``log_dir`` (a record written
+                                                      before broker directories has no ``log_dir``: the
+                                                      logs are in ``<data_dir>/<cluster>``)
     topic       {name, config, schema, key_column, assignment: {partition: [broker ids]}}
     partitions  {name, assignment}                    partitions added to a topic
     partition   {topic, p, leader, epoch, isr, pe[, replicas]}
@@ -24,6 +27,7 @@ Pure and deterministic; not thread-safe (the controller actor serialises access)
 from __future__ import annotations
 
 import dataclasses
+from pathlib import PurePath
 from typing import Any
 
 from raystream.core.producer_state import DEFAULT_PRODUCER_ID_EXPIRATION_MS
@@ -45,7 +49,10 @@ class TopicState:
 
 
 class ClusterMetadata:
-    def __init__(self) -> None:
+    def __init__(self, cluster: str = "") -> None:
+        #: The cluster's name: a broker record without a log dir (the layout before broker directories)
+        #: means ``<data_dir>/<cluster>``.
+        self.cluster = cluster
         self.brokers: dict[int, BrokerInfo] = {}
         self.topics: dict[str, TopicState] = {}
         #: Every idempotent-producer id below this was handed out or reserved: never hand it out again.
@@ -60,7 +67,8 @@ class ClusterMetadata:
     def apply(self, record: dict[str, Any]) -> None:
         kind = record["t"]
         if kind == "broker":
-            self.brokers[record["id"]] = BrokerInfo(record["id"], record["node"], record["data_dir"])
+            log_dir = record.get("log_dir") or str(PurePath(record["data_dir"]) / self.cluster)
+            self.brokers[record["id"]] = BrokerInfo(record["id"], record["node"], record["data_dir"], log_dir)
         elif kind == "topic":
             topic = TopicState(record["name"], dict(record["config"]), record.get("schema"),
                                record.get("key_column"), {})
@@ -103,8 +111,8 @@ class ClusterMetadata:
 
     # -- record constructors (what the controller appends) ------------------------------------------------
     @staticmethod
-    def broker_record(broker_id: int, node_id: str, data_dir: str) -> dict[str, Any]:
-        return {"t": "broker", "id": broker_id, "node": node_id, "data_dir": data_dir}
+    def broker_record(broker_id: int, node_id: str, data_dir: str, log_dir: str) -> dict[str, Any]:
+        return {"t": "broker", "id": broker_id, "node": node_id, "data_dir": data_dir, "log_dir": log_dir}
 
     @staticmethod
     def topic_record(name: str, config: dict[str, Any], schema: bytes | None, key_column: str | None,

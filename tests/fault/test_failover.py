@@ -192,7 +192,7 @@ def test_controller_killed_mid_election(four_nodes, wait_for):
 
 
 def _log_dir(nodes, topic, p, broker) -> Path:
-    return Path(nodes.brokers()[broker].data_dir) / CLUSTER / partition_dir_name(topic, p)
+    return Path(nodes.brokers()[broker].log_dir) / partition_dir_name(topic, p)
 
 
 def test_follower_with_corrupt_tail_recovers_and_resyncs(four_nodes, wait_for):

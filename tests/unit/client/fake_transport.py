@@ -198,7 +198,7 @@ class FakeTransport(BaseTransport):
             return {name: self._topic(name) for name in names}
 
     def get_brokers(self, timeout_s: float | None = None) -> dict[int, BrokerInfo]:
-        return {b: BrokerInfo(b, f"node{b}", "/tmp") for b in self.brokers}
+        return {b: BrokerInfo(b, f"node{b}", "/tmp", f"/tmp/broker-{b}") for b in self.brokers}
 
     def create_topic(self, name: str, partitions: int | None, replication_factor: int | None,
                      config: dict | None = None,
