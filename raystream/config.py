@@ -136,6 +136,11 @@ class BrokerConfig:
     #: every ISR (Kafka's broker.session.timeout.ms is 9000; a replica here is a process, not a broker, and
     #: the failover target is 3 s, so the default is shorter).
     replica_session_timeout_ms: int = 1500
+    #: raystream's: a replica actor the controller just created counts as live (not failed) until it first
+    #: answers a heartbeat, for at most this long (then a session from its last answer). Its process may
+    #: take seconds to start on a busy node (Ray starts worker processes a few at a time), far longer than
+    #: a session; a replica that dies meanwhile is failed at once (ActorDiedError, or its node dead).
+    replica_startup_timeout_ms: int = 30_000
     #: Re-replication: a broker dead for this long has its replicas rebuilt on other live brokers.
     replica_reassignment_delay_ms: int = 60000
     #: Kafka's: how long the first join of an empty group waits for more members.

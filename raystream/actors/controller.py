@@ -390,6 +390,7 @@ class Controller(FailoverMixin, GroupCoordinatorMixin, TransactionCoordinatorMix
                 self._handles.pop(key, None)
             for key in [k for k in self._last_heard if k[0] == name]:
                 self._last_heard.pop(key, None)
+                self._starting.pop(key, None)
             calls = []
             for state in topic.partitions.values():
                 for broker in state.replicas:

@@ -55,6 +55,8 @@ class FailoverMixin:
 
     def _init_failover(self) -> None:
         self._last_heard: dict[tuple[str, int, int], float] = {}  # replica -> monotonic time of last answer
+        #: Replicas created by this controller that have not answered yet -> until when they count as starting
+        self._starting: dict[tuple[str, int, int], float] = {}
         self._dead_replicas: set[tuple[str, int, int]] = set()
         self._broker_dead_since: dict[int, float] = {}
         self._handles: dict[tuple[str, int, int], Any] = {}
@@ -79,7 +81,8 @@ class FailoverMixin:
 
     # -- liveness -----------------------------------------------------------------------------------------------
     def _live_replicas(self, state: PartitionState, now: float) -> set[int]:
-        """Brokers holding a live replica of ``state``: broker alive, replica answered recently."""
+        """Brokers holding a live replica of ``state``: broker alive, replica answered recently (or just
+        created and still starting: its process may take seconds to start on a busy node)."""
         timeout_s = self.broker_config.replica_session_timeout_ms / 1000
         live = set()
         for broker in state.replicas:
@@ -87,7 +90,7 @@ class FailoverMixin:
             key = (state.topic, state.partition, broker)
             if info is None or not info.alive or key in self._dead_replicas:
                 continue
-            if now - self._last_heard.setdefault(key, now) <= timeout_s:
+            if now - self._last_heard.setdefault(key, now) <= timeout_s or now <= self._starting.get(key, 0.0):
                 live.add(broker)
         return live
 
@@ -149,6 +152,7 @@ class FailoverMixin:
                 self._dead_replicas.add(key)
             elif answer is not None:
                 self._last_heard[key] = time.monotonic()
+                self._starting.pop(key, None)
                 self._dead_replicas.discard(key)
                 self._reports[key] = answer
         finally:
@@ -222,10 +226,14 @@ class FailoverMixin:
                                    for t in list(self.metadata.topics.values())))
 
     def _replica_created(self, key: tuple[str, int, int]) -> None:
-        """A replica actor was (re)created: it starts with a full session of grace."""
+        """A replica actor was (re)created: until it first answers it counts as live for
+        ``replica.startup.timeout.ms`` (Ray starts worker processes a few at a time: the last replica of a
+        new topic may take far longer than a session to start); then a session from its last answer."""
         self._dead_replicas.discard(key)
         self._handles.pop(key, None)
-        self._last_heard[key] = time.monotonic()
+        now = time.monotonic()
+        self._last_heard[key] = now
+        self._starting[key] = now + self.broker_config.replica_startup_timeout_ms / 1000
 
     async def _forget_broker_replicas(self, broker: int) -> None:
         """Kill (for good) every replica actor of ``broker`` and wait, bounded, until their names are free,

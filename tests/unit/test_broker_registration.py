@@ -162,3 +162,25 @@ def test_broker_records_before_broker_directories_mean_the_cluster_root(tmp_path
     finally:
         controller._close_logs()
 
+
+def test_a_just_created_replica_counts_as_live_while_it_starts(controller):
+    """Starting a replica's process can take longer than a session (Ray starts workers a few at a time)."""
+    c = controller
+    c._apply_registration(nodes("a"), [(0, "/d", "/d/c/broker-0")])
+    c._record(ClusterMetadata.topic_record("t", {}, None, None, {0: (0,)}))
+    state = c.metadata.topics["t"].partitions[0]
+    key = ("t", 0, 0)
+    c._replica_created(key)
+    created = c._last_heard[key]
+    session = c.broker_config.replica_session_timeout_ms / 1000
+    assert c._live_replicas(state, created + 3 * session) == {0}  # never answered: still starting
+    startup = c.broker_config.replica_startup_timeout_ms / 1000
+    assert c._live_replicas(state, created + startup + 1) == set()  # never came up
+
+    async def answer(key, timeout_s):
+        return ("leader", 0)
+
+    c._heartbeat = answer
+    asyncio.run(c._heartbeat_into(key, 1.0))  # its first answer ends the grace: a session from then on
+    assert c._live_replicas(state, c._last_heard[key] + session / 2) == {0}
+    assert c._live_replicas(state, c._last_heard[key] + 2 * session) == set()
