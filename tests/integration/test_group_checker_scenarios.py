@@ -103,6 +103,13 @@ def check(history: GroupHistory, topic: str, group: str) -> None:
     history.check(ends, committed)
 
 
+def drain_and_check(members, history: GroupHistory, producer: SteadyProducer, topic: str, group: str) -> None:
+    """Stop the load, poll until everything written is committed, then run the checker."""
+    producer.finish()
+    round_robin(members, history, lambda: drained(topic, group), 60, "the topic to drain")
+    check(history, topic, group)
+
+
 def close_all(members) -> None:
     for consumer in members:
         consumer.close()
@@ -118,9 +125,7 @@ def test_members_polled_from_one_thread_converge_with_one_owner_per_partition(cl
     try:
         round_robin(members, history, lambda: converged(list(members.values()), topic_name), 60, "convergence")
         assert sorted(len(m.assignment()) for m in members.values()) == [2, 2, 2]
-        producer.finish()
-        round_robin(members, history, lambda: drained(topic_name, group), 60, "the topic to drain")
-        check(history, topic_name, group)
+        drain_and_check(members, history, producer, topic_name, group)
         assert producer.sent > 0 and sum(len(o) for p in history.polls for _, _, o in p.offsets) >= producer.sent
     finally:
         producer.stop.set()
@@ -142,9 +147,7 @@ def test_members_joining_while_others_commit(cluster, topic_name, strategy):
             history.event(f"m{i} joins")
             members[f"m{i}"] = new_member(group, topic_name, strategy)
         round_robin(members, history, lambda: converged(list(members.values()), topic_name), 60, "convergence")
-        producer.finish()
-        round_robin(members, history, lambda: drained(topic_name, group), 60, "the topic to drain")
-        check(history, topic_name, group)
+        drain_and_check(members, history, producer, topic_name, group)
     finally:
         producer.stop.set()
         close_all(members.values())
@@ -172,9 +175,7 @@ def test_member_that_stops_polling_stops_delivering_before_its_partitions_move(c
             members["slow"].assignment()
         round_robin(members, history, lambda: converged(list(members.values()), topic_name), 60,
                     "convergence after the slow member rejoined")
-        producer.finish()
-        round_robin(members, history, lambda: drained(topic_name, group), 60, "the topic to drain")
-        check(history, topic_name, group)
+        drain_and_check(members, history, producer, topic_name, group)
     finally:
         producer.stop.set()
         close_all(members.values())
@@ -248,9 +249,7 @@ def test_controller_restarted_mid_rebalance(cluster, topic_name, strategy, wait_
         wait_for(lambda: ray.get(controller.ping.remote(), timeout=5) == "it", timeout_s=60, message="restart")
         round_robin(members, history, lambda: converged(list(members.values()), topic_name), 90,
                     "convergence after the restart")
-        producer.finish()
-        round_robin(members, history, lambda: drained(topic_name, group), 60, "the topic to drain")
-        check(history, topic_name, group)
+        drain_and_check(members, history, producer, topic_name, group)
     finally:
         producer.stop.set()
         close_all(members.values())
