@@ -165,6 +165,13 @@ class GroupMember:
     def subscribed_topics(self) -> set[str]:
         return set(self.topics)
 
+    @property
+    def subscribed(self) -> bool:
+        """Is the consumer a member (``subscribe``)? A consumer with a group id that assigns its
+        partitions itself only commits and fetches offsets through the group: none of the membership rules
+        (lease, generations, lost partitions) apply to it."""
+        return bool(self.topics) or self.pattern is not None
+
     def _refresh_pattern(self, now: float) -> None:
         """Topics matching the pattern (checked every ``metadata_max_age_ms``); new ones trigger a rejoin."""
         if self.pattern is None or now - self._pattern_checked < self.pattern_refresh_s:
