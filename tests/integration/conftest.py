@@ -37,3 +37,30 @@ def cluster(tmp_path_factory):
 def topic_name():
     return f"t-{uuid.uuid4().hex[:10]}"
 
+
+
+@pytest.fixture(autouse=True)
+def _delete_topics_created_by_the_test(request):
+    """Delete, after each test on the shared cluster, the topics it created. Every replica is an actor with
+    its own process (heartbeats, metrics every second): left alive, a session's hundreds of idle replicas
+    would keep 2 cores busy and slow every later test down."""
+    if "cluster" not in request.fixturenames:
+        yield
+        return
+    import ray
+
+    import raystream as rs
+
+    request.getfixturevalue("cluster")
+    before = set(rs.Admin().list_topics())
+    yield
+    if not ray.is_initialized():
+        return
+    try:
+        admin = rs.Admin()
+        for name in sorted(set(admin.list_topics()) - before):
+            admin.delete_topic(name)
+    except Exception as exc:  # noqa: BLE001 - a test that stopped or left the cluster: nothing to clean
+        import warnings
+
+        warnings.warn(f"could not delete the test's topics: {exc!r}", stacklevel=1)
