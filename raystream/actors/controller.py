@@ -502,11 +502,13 @@ class Controller(FailoverMixin, GroupCoordinatorMixin, TransactionCoordinatorMix
                     f"{topic}-{partition}: ISR change from broker {leader} epoch {leader_epoch} rejected; "
                     f"leader is {state.leader} at epoch {state.leader_epoch}")
             if partition_epoch != state.partition_epoch:
-                # Computed from a stale view (the controller fenced a dead follower, or an election ran):
-                # the leader hears the current state from the controller and proposes again if needed.
-                raise FencedLeaderEpochError(
-                    f"{topic}-{partition}: ISR change based on partition epoch {partition_epoch} rejected; "
-                    f"current partition epoch is {state.partition_epoch}")
+                # Computed from a stale view (the controller fenced a dead follower, or the answer to this
+                # leader's earlier proposal was lost): refused, and the answer is the current state, which
+                # the leader adopts (and proposes again from, if still needed). Raising instead would leave
+                # a leader that missed an answer proposing from a stale epoch for its whole epoch.
+                log.info("%s-%d: ISR change from partition epoch %d refused (current %d, ISR %s)", topic,
+                         partition, partition_epoch, state.partition_epoch, list(state.isr))
+                return list(state.isr), state.partition_epoch
             if leader not in isr or not set(isr) <= set(state.replicas):
                 raise ValueError(f"{topic}-{partition}: invalid ISR {isr} for replicas {list(state.replicas)}")
             if tuple(isr) != state.isr:

@@ -107,6 +107,7 @@ class PartitionReplica(ReplicationMixin):
         self._hw_event: asyncio.Event | None = None
         self._shared_refs: OrderedDict[tuple[int, int], ray.ObjectRef] = OrderedDict()
         self._isr_change_pending = False
+        self._isr_tasks: set[asyncio.Task] = set()  # ISR expansions in flight (held: tasks are weakly kept)
         self._rejoin: asyncio.Task | None = None
         if reconstructed:
             # A new incarnation of this replica (Ray restarted the process): it holds no role, and if it

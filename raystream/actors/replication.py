@@ -15,7 +15,7 @@ heartbeat that keeps a live follower in the ISR and carries the high watermark.
 
 Concurrency: mixed into the async actor :class:`raystream.actors.replica.PartitionReplica`, whose event
 loop runs every method here; it uses that class's state (``state``, ``log``, ``producers``,
-``broker_config``, ``_shared_refs``, ``_isr_change_pending``, ``_wait`` / ``_signal``,
+``broker_config``, ``_shared_refs``, ``_isr_change_pending``, ``_isr_tasks``, ``_wait`` / ``_signal``,
 ``_advance_high_watermark``) and is not usable on its own.
 """
 
@@ -28,7 +28,7 @@ from typing import Any
 import ray
 
 from raystream.clock import now_ms as _now_ms
-from raystream.errors import RaystreamError
+from raystream.errors import FencedLeaderEpochError, RaystreamError
 from raystream.protocol import ACTOR_NAMESPACE, Role, replica_actor_name
 
 log = logging.getLogger(__name__)
@@ -103,27 +103,37 @@ class ReplicationMixin:
         return ref
 
     async def _maybe_expand_isr(self, broker: int) -> None:
+        """Propose adding ``broker`` without waiting for the controller: the proposed member counts for the
+        high watermark from now on (the maximal ISR), so its replication must go on meanwhile."""
         isr = self.state.isr_to_expand(broker)
-        if isr is not None:
-            await self._propose_isr(isr)
+        if isr is not None and not self._isr_change_pending:
+            task = asyncio.ensure_future(self._propose_isr(isr))
+            self._isr_tasks.add(task)
+            task.add_done_callback(self._isr_tasks.discard)
 
     async def _propose_isr(self, isr: tuple[int, ...]) -> None:
         if self._isr_change_pending:
             return
         self._isr_change_pending = True
+        epoch = self.state.leader_epoch
+        self.state.propose_isr(isr)  # from here until the answer, the HW counts the proposed members too
         try:
             controller = ray.get_actor(self.controller_name, namespace=ACTOR_NAMESPACE)
-            new_isr, partition_epoch = await controller.alter_isr.remote(
-                self.topic, self.partition, self.broker_id, self.state.leader_epoch, list(isr),
-                self.state.partition_epoch)
-            self.state.apply_isr(tuple(new_isr), partition_epoch)
-            log.info("[%s] ISR is now %s", self.name, new_isr)
-            self._advance_high_watermark()
-            self._signal("hw")
-        except Exception as exc:  # controller restarting or we were fenced: the next check retries
-            log.warning("[%s] ISR change to %s not recorded: %s", self.name, list(isr), exc)
+            new_isr, partition_epoch = await asyncio.wait_for(controller.alter_isr.remote(
+                self.topic, self.partition, self.broker_id, epoch, list(isr), self.state.partition_epoch),
+                timeout=self.broker_config.request_timeout_ms / 1000)
+            if self.state.role is Role.LEADER and self.state.leader_epoch == epoch:
+                self.state.apply_isr(tuple(new_isr), partition_epoch)
+                self.state.proposal_settled()
+                log.info("[%s] ISR is now %s", self.name, new_isr)
+        except FencedLeaderEpochError as exc:  # no longer the leader: the controller's new role follows
+            log.info("[%s] ISR change to %s refused: %s", self.name, list(isr), exc)
+        except Exception as exc:  # timed out or controller restarting: outcome unknown, stays pending
+            log.warning("[%s] ISR change to %s not answered: %s", self.name, list(isr), exc)
         finally:
             self._isr_change_pending = False
+        self._advance_high_watermark()
+        self._signal("hw")
 
     # -- replication: follower side ----------------------------------------------------------------------------
     async def replica_status(self) -> dict[str, int]:
