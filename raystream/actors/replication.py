@@ -83,10 +83,11 @@ class ReplicationMixin:
                 await asyncio.sleep(cfg.replica_retry_backoff_ms / 1000)
 
     async def _sync_follower(self, handle, epoch: int) -> int:
-        """KIP-101 handshake: truncate the follower to the end of its latest epoch as this leader knows it."""
+        """KIP-101/279 handshake: truncate the follower where its epochs and this leader's diverge."""
         status = await handle.replica_status.remote()
-        _, end = self.log.epoch_cache.end_offset_for(status["latest_epoch"], self.log.log_end_offset)
-        truncate_to = status["log_end_offset"] if end < 0 else min(end, status["log_end_offset"])
+        follower_epochs = [(int(e), int(o)) for e, o in status["epochs"]]
+        truncate_to = self.log.epoch_cache.truncation_point(follower_epochs, status["log_end_offset"],
+                                                            self.log.log_end_offset)
         return await handle.truncate_for_leader.remote(epoch, self.broker_id, truncate_to,
                                                        self.log.log_start_offset)
 
@@ -138,6 +139,7 @@ class ReplicationMixin:
     # -- replication: follower side ----------------------------------------------------------------------------
     async def replica_status(self) -> dict[str, int]:
         return {"log_end_offset": self.log.log_end_offset, "latest_epoch": self.log.epoch_cache.latest_epoch,
+                "epochs": list(self.log.epoch_cache.entries),
                 "log_start_offset": self.log.log_start_offset, "high_watermark": self.state.high_watermark}
 
     async def truncate_for_leader(self, epoch: int, leader: int, offset: int, leader_log_start: int) -> int:

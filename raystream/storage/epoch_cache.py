@@ -53,6 +53,21 @@ class LeaderEpochCache:
             return UNDEFINED_EPOCH, UNDEFINED_OFFSET
         return self.entries[i - 1][0], self.entries[i][1]
 
+    def truncation_point(self, follower_epochs: list[tuple[int, int]], follower_log_end_offset: int,
+                         log_end_offset: int) -> int:
+        """Where a follower with epoch entries ``follower_epochs`` must cut its log to agree with this
+        (the leader's) cache: the end of the largest epoch both know (KIP-101 with KIP-279's refinement:
+        when the leader answers with an older epoch than the follower's latest, the follower's own end of
+        that epoch bounds the cut too, so a suffix it wrote as leader of an epoch the new leader never saw
+        goes even where it is shorter than the leader's epoch). A follower whose epochs all predate this
+        cache keeps its log (nothing to compare)."""
+        follower_latest = follower_epochs[-1][0] if follower_epochs else UNDEFINED_EPOCH
+        epoch, end = self.end_offset_for(follower_latest, log_end_offset)
+        if end < 0:
+            return follower_log_end_offset
+        follower_end = next((start for e, start in follower_epochs if e > epoch), follower_log_end_offset)
+        return min(end, follower_end, follower_log_end_offset)
+
     def epoch_for_offset(self, offset: int) -> int:
         i = bisect.bisect_right([o for _, o in self.entries], offset)
         return self.entries[i - 1][0] if i else UNDEFINED_EPOCH
