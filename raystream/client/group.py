@@ -380,7 +380,13 @@ class GroupMember:
                 if member_id is not None:
                     self._generation_gone(member_id, generation, exc)
                 self._needs_join = True
-            raise
+            if isinstance(exc, CommitFailedError):
+                raise
+            # Kafka's contract (and SPEC): a commit from a generation the group no longer has is a
+            # CommitFailedError, whichever way the coordinator found out (unknown member, old generation).
+            raise CommitFailedError(f"commit of group {self.group_id!r} refused: member {member_id!r} of "
+                                    f"generation {generation} is no longer in the group ({exc}); the next poll "
+                                    f"rejoins") from exc
         with self._lock:
             self._renew(member_id, generation, sent_at)
 
