@@ -137,7 +137,7 @@ class ReplicationMixin:
         self._signal("hw")
 
     # -- replication: follower side ----------------------------------------------------------------------------
-    async def replica_status(self) -> dict[str, int]:
+    async def replica_status(self) -> dict[str, Any]:
         return {"log_end_offset": self.log.log_end_offset, "latest_epoch": self.log.epoch_cache.latest_epoch,
                 "epochs": list(self.log.epoch_cache.entries),
                 "log_start_offset": self.log.log_start_offset, "high_watermark": self.state.high_watermark}

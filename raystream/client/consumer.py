@@ -198,7 +198,12 @@ class Consumer:
         current generation (nothing once it learns its generation is gone)."""
         self._check_open()
         assigned = set(self._fetcher.states)
-        return assigned if self._group is None or not self._group.subscribed else self._group.reportable(assigned)
+        member = self._member()
+        return assigned if member is None else member.reportable(assigned)
+
+    def _member(self) -> GroupMember | None:
+        """The group membership whose rules apply (``subscribe``); None for no group id or ``assign``."""
+        return self._group if self._group is not None and self._group.subscribed else None
 
     def group_metadata(self) -> ConsumerGroupMetadata:
         """Kafka's ``groupMetadata()``: group id, generation id, member id and group instance id as this
@@ -393,7 +398,7 @@ class Consumer:
         deadline = None if timeout is None else time.monotonic() + timeout
         fetcher = self._fetcher
         self._auto_commit()
-        group = self._group if self._group is not None and self._group.subscribed else None
+        group = self._member()
         while True:
             if group is not None:
                 group.before_poll(self, deadline)  # rejoins (and runs the callbacks) when a rebalance is due

@@ -16,7 +16,8 @@ While a proposal is in flight its outcome is unknown (the controller may have re
 be lost), so the high watermark counts the *maximal ISR*: the current ISR and the proposed members
 (Kafka's KIP-497). Otherwise an expansion the controller records before the leader hears of it would let
 acks=all succeed without the new member, which the controller may then elect. The proposal ends with the
-controller's answer, a definite rejection, or any newer state from the controller.
+controller's answer (:meth:`proposal_settled`), a newer state from the controller (:meth:`apply_isr`) or
+a role change.
 
 Pure: time comes in as ``now_ms``. Not thread-safe: the replica actor's event loop serialises calls.
 """
