@@ -27,8 +27,8 @@ import numpy as np
 import pyarrow as pa
 
 from raystream.config import TopicConfig
+from raystream.record import RECORD_SCHEMA
 from raystream.storage.log import Log
-from raystream.storage.records import RECORD_SCHEMA
 
 MIB = 1 << 20
 KEY_BYTES, VALUE_BYTES = 16, 84  # a 100-byte record, headers null

@@ -38,7 +38,7 @@ from raystream import errors
 from raystream.client.convert import arrow_table, output_schema, requested_columns, to_arrow, user_schema
 from raystream.client.transport import RayTransport
 from raystream.protocol import EARLIEST, LATEST, TopicMetadata, TopicPartition
-from raystream.storage.batch import OFFSET_COLUMN
+from raystream.record import OFFSET_COLUMN
 
 #: A read task is never planned smaller than this many offsets unless ``rows_per_task`` asks for it.
 _MIN_ROWS_PER_TASK = 50_000

@@ -62,8 +62,8 @@ def cluster_demo(data_dir: str) -> None:
 
 def storage_demo(data_dir: str) -> None:
     """A crash and what recovery keeps: every intact batch, never a torn one."""
+    from raystream.record import RECORD_SCHEMA
     from raystream.storage.log import Log
-    from raystream.storage.records import RECORD_SCHEMA
 
     log = Log(f"{data_dir}/crash-demo-0")
     batch = pa.record_batch([pa.array([b"k"] * 100), pa.array([b"v"] * 100),

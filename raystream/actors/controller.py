@@ -65,7 +65,7 @@ from raystream.protocol import (
     controller_actor_name,
     replica_actor_name,
 )
-from raystream.storage.records import check_user_schema
+from raystream.record import check_user_schema
 from raystream.storage.schema_evolution import compatibility_problems
 
 log = logging.getLogger(__name__)

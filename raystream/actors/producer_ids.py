@@ -36,14 +36,9 @@ import time
 from collections.abc import Awaitable, Callable
 
 from raystream.clock import now_ms as _now_ms
-from raystream.core.producer_state import (
-    MAX_SEQUENCE,
-    DuplicateBatch,
-    ProducerStateManager,
-    ReplayOverlap,
-    increment_sequence,
-)
+from raystream.core.producer_state import DuplicateBatch, ProducerStateManager, ReplayOverlap
 from raystream.errors import OutOfOrderSequenceError
+from raystream.record import MAX_SEQUENCE, increment_sequence
 from raystream.storage.batch import BatchHeader
 from raystream.storage.log import Log
 from raystream.storage.producer_snapshot import (

@@ -47,7 +47,7 @@ from raystream.protocol import (
     ProduceResult,
     Role,
 )
-from raystream.storage.batch import ATTR_TRANSACTIONAL, OFFSET_COLUMN, TIMESTAMP_COLUMN
+from raystream.record import ATTR_TRANSACTIONAL, OFFSET_COLUMN, TIMESTAMP_COLUMN
 from raystream.storage.cleaner import compact
 from raystream.storage.log import Log
 from raystream.storage.schema_evolution import compatibility_problems, evolve

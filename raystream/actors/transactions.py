@@ -36,7 +36,6 @@ from typing import Any
 import ray
 
 from raystream.clock import now_ms
-from raystream.core.producer_state import MAX_PRODUCER_EPOCH
 from raystream.errors import (
     InvalidTxnStateError,
     ProducerFencedError,
@@ -44,6 +43,7 @@ from raystream.errors import (
     RequestTimeoutError,
 )
 from raystream.protocol import ACTOR_NAMESPACE, TopicPartition, replica_actor_name
+from raystream.record import MAX_PRODUCER_EPOCH
 from raystream.storage.compacted_map import CompactedMap
 
 log = logging.getLogger(__name__)

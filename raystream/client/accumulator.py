@@ -27,11 +27,9 @@ from typing import Any
 import pyarrow as pa
 
 from raystream.client.futures import BatchResult, RecordFuture
-from raystream.core.producer_state import increment_sequence
 from raystream.errors import ClosedError, RequestTimeoutError
 from raystream.protocol import TopicMetadata, TopicPartition
-from raystream.storage.batch import TIMESTAMP_COLUMN
-from raystream.storage.records import HEADER_TYPE, RECORD_SCHEMA
+from raystream.record import HEADER_TYPE, RECORD_SCHEMA, TIMESTAMP_COLUMN, increment_sequence
 
 #: RECORD_SCHEMA plus the producer's CreateTime column: what ``send`` batches look like on the wire.
 PRODUCE_SCHEMA = RECORD_SCHEMA.append(pa.field(TIMESTAMP_COLUMN, pa.int64(), nullable=False))

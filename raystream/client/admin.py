@@ -22,7 +22,7 @@ from raystream.core.lag import consumer_lag
 from raystream.core.names import validate_topic_name
 from raystream.errors import ClosedError
 from raystream.protocol import EARLIEST, LATEST, GroupDescription, TopicDescription, TopicPartition
-from raystream.storage.records import check_user_schema
+from raystream.record import check_user_schema
 
 log = logging.getLogger(__name__)
 #: Pause between retries of a retriable ListOffsets error (Kafka's retry.backoff.ms default).

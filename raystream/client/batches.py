@@ -9,8 +9,7 @@ import pyarrow as pa
 
 from raystream.core.partitioner import partitions_for_keys
 from raystream.errors import RecordTooLargeError
-from raystream.storage.batch import TIMESTAMP_COLUMN
-from raystream.storage.records import HEADER_TYPE
+from raystream.record import HEADER_TYPE, TIMESTAMP_COLUMN
 
 _BINARY_LIKE = (pa.types.is_binary, pa.types.is_large_binary, pa.types.is_string, pa.types.is_large_string,
                 pa.types.is_binary_view, pa.types.is_string_view, pa.types.is_null)

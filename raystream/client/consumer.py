@@ -40,7 +40,7 @@ from raystream.client.metadata import MetadataCache
 from raystream.core.assignors import ASSIGNORS
 from raystream.errors import ClosedError, RaystreamError, RequestTimeoutError, UnknownTopicOrPartitionError
 from raystream.protocol import EARLIEST, LATEST, Record, TopicPartition
-from raystream.storage.batch import TIMESTAMP_COLUMN
+from raystream.record import TIMESTAMP_COLUMN
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,7 @@ import numpy as np
 import pyarrow as pa
 
 from raystream.protocol import Record, TopicMetadata, TopicPartition
-from raystream.storage.batch import OFFSET_COLUMN, SYSTEM_COLUMNS, TIMESTAMP_COLUMN
-from raystream.storage.records import RECORD_SCHEMA
+from raystream.record import OFFSET_COLUMN, RECORD_SCHEMA, SYSTEM_COLUMNS, TIMESTAMP_COLUMN
 
 TOPIC_TYPE = pa.dictionary(pa.int32(), pa.string())
 SYSTEM_OUTPUT_FIELDS = [pa.field("topic", TOPIC_TYPE, nullable=False), pa.field("partition", pa.int32(), nullable=False),

@@ -35,7 +35,7 @@ from raystream.client.base import BaseTransport
 from raystream.client.metadata import MetadataCache
 from raystream.errors import NoOffsetForPartitionError, OffsetOutOfRangeError, RequestTimeoutError
 from raystream.protocol import EARLIEST, LATEST, FetchResult, TopicPartition
-from raystream.storage.batch import OFFSET_COLUMN
+from raystream.record import OFFSET_COLUMN
 
 log = logging.getLogger(__name__)
 

@@ -63,7 +63,6 @@ from concurrent.futures import Future
 from raystream.client.accumulator import ProducerBatch, RecordAccumulator
 from raystream.client.base import BaseTransport, failed_future
 from raystream.client.metadata import MetadataCache
-from raystream.core.producer_state import MAX_PRODUCER_EPOCH, increment_sequence
 from raystream.errors import (
     ClosedError,
     NotLeaderError,
@@ -72,6 +71,7 @@ from raystream.errors import (
     RequestTimeoutError,
 )
 from raystream.protocol import TopicPartition
+from raystream.record import MAX_PRODUCER_EPOCH, increment_sequence
 
 log = logging.getLogger(__name__)
 

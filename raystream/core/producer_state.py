@@ -60,14 +60,18 @@ from raystream.errors import (
     InvalidRecordError,
     OutOfOrderSequenceError,
 )
-from raystream.storage.batch import NO_PRODUCER_EPOCH, NO_PRODUCER_ID, NO_SEQUENCE, BatchHeader
+from raystream.record import (
+    MAX_PRODUCER_EPOCH,
+    MAX_SEQUENCE,
+    NO_PRODUCER_EPOCH,
+    NO_PRODUCER_ID,
+    NO_SEQUENCE,
+    increment_sequence,
+)
+from raystream.storage.batch import BatchHeader
 
 log = logging.getLogger(__name__)
 
-#: Kafka's sequence numbers are Int32 and wrap from this value to 0.
-MAX_SEQUENCE = 2**31 - 1
-#: Producer epochs are Int16.
-MAX_PRODUCER_EPOCH = 2**15 - 1
 #: As Kafka's ProducerStateEntry.NUM_BATCHES_TO_RETAIN (and max.in.flight.requests.per.connection <= 5).
 NUM_BATCHES_TO_RETAIN = 5
 #: Kafka's producer.id.expiration.ms default (one day).
@@ -75,13 +79,6 @@ DEFAULT_PRODUCER_ID_EXPIRATION_MS = 86_400_000
 #: 2 adds the aborted transactions; version 1 snapshots (none) are still read.
 SNAPSHOT_VERSION = 2
 _READABLE_SNAPSHOT_VERSIONS = (1, 2)
-
-
-def increment_sequence(sequence: int, increment: int) -> int:
-    """``sequence + increment`` with Kafka's Int32 wrap-around (``MAX_SEQUENCE + 1`` is 0)."""
-    if sequence > MAX_SEQUENCE - increment:
-        return increment - (MAX_SEQUENCE - sequence) - 1
-    return sequence + increment
 
 
 def batch_last_sequence(header: BatchHeader) -> int:

@@ -29,14 +29,16 @@ from flatbuffers import number_types as fb_types
 from flatbuffers import table as fb_table
 
 from raystream.errors import CorruptRecordError
+from raystream.record import (
+    ATTR_COMMIT_MARKER,
+    ATTR_CONTROL,
+    ATTR_TRANSACTIONAL,
+    NO_PRODUCER_EPOCH,
+    NO_PRODUCER_ID,
+    NO_SEQUENCE,
+)
 from raystream.storage import statistics
 from raystream.storage.statistics import STATS_KEY
-
-OFFSET_COLUMN = statistics.OFFSET_COLUMN
-TIMESTAMP_COLUMN = "_timestamp"
-SYSTEM_FIELDS = (pa.field(OFFSET_COLUMN, pa.int64(), nullable=False),
-                 pa.field(TIMESTAMP_COLUMN, pa.int64(), nullable=False))
-SYSTEM_COLUMNS = (OFFSET_COLUMN, TIMESTAMP_COLUMN)
 
 HEADER_KEY = b"raystream.batch"
 CRC_KEY = b"raystream.crc"
@@ -47,18 +49,6 @@ FORMAT_VERSION = 1
 FRAME_PREFIX_BYTES = 8
 _CONTINUATION = 0xFFFFFFFF
 _RECORD_BATCH_HEADER_TYPE = 3  # org.apache.arrow.flatbuf.MessageHeader.RecordBatch
-
-# Attribute bits, as in Kafka's RecordBatch.
-ATTR_LOG_APPEND_TIME = 1 << 3
-ATTR_TRANSACTIONAL = 1 << 4
-ATTR_CONTROL = 1 << 5
-#: raystream's own bit: a control batch (a transaction marker) that commits; without it, it aborts. (Kafka
-#: keeps the marker type in the control record's key; a raystream marker batch holds no rows.)
-ATTR_COMMIT_MARKER = 1 << 8
-
-NO_PRODUCER_ID = -1
-NO_PRODUCER_EPOCH = -1
-NO_SEQUENCE = -1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,15 +130,6 @@ class StoredBatch:
     @property
     def last_offset(self) -> int:
         return self.header.last_offset
-
-
-def stored_schema(user_schema: pa.Schema) -> pa.Schema:
-    """The stored schema for a user schema: system columns first."""
-    return pa.schema(list(SYSTEM_FIELDS) + list(user_schema), metadata=user_schema.metadata)
-
-
-def user_schema_of(schema: pa.Schema) -> pa.Schema:
-    return pa.schema([f for f in schema if f.name not in SYSTEM_COLUMNS], metadata=schema.metadata)
 
 
 # -- encoding ----------------------------------------------------------------------------------------------

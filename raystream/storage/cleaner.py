@@ -27,7 +27,8 @@ import numpy as np
 import pyarrow as pa
 
 from raystream.errors import CorruptRecordError
-from raystream.storage.batch import OFFSET_COLUMN, TIMESTAMP_COLUMN, StoredBatch
+from raystream.record import OFFSET_COLUMN, TIMESTAMP_COLUMN
+from raystream.storage.batch import StoredBatch
 from raystream.storage.files import fsync_dir
 from raystream.storage.segment import (
     DATA_SUFFIX,

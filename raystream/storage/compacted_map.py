@@ -21,10 +21,9 @@ import msgpack
 import pyarrow as pa
 
 from raystream.config import TopicConfig
-from raystream.storage.batch import OFFSET_COLUMN
+from raystream.record import OFFSET_COLUMN, RECORD_SCHEMA
 from raystream.storage.cleaner import compact
 from raystream.storage.log import Log
-from raystream.storage.records import RECORD_SCHEMA
 
 _HEADERS_TYPE = RECORD_SCHEMA.field("headers").type
 _READ_BYTES = 8 << 20

@@ -51,23 +51,23 @@ from raystream.errors import (
     OffsetOutOfRangeError,
     RecordTooLargeError,
 )
-from raystream.storage import statistics
-from raystream.storage.batch import (
+from raystream.record import (
     ATTR_COMMIT_MARKER,
     ATTR_CONTROL,
     ATTR_LOG_APPEND_TIME,
     ATTR_TRANSACTIONAL,
     OFFSET_COLUMN,
+    RECORD_SCHEMA,
     TIMESTAMP_COLUMN,
-    BatchEncoder,
-    BatchHeader,
-    StoredBatch,
+    check_user_schema,
     stored_schema,
     user_schema_of,
 )
+from raystream.storage import statistics
+from raystream.storage.batch import BatchEncoder, BatchHeader, StoredBatch
 from raystream.storage.epoch_cache import LeaderEpochCache
 from raystream.storage.files import fsync_dir, read_state, write_state
-from raystream.storage.records import RECORD_SCHEMA, check_batch_schema, check_user_schema
+from raystream.storage.records import check_batch_schema
 from raystream.storage.schema_evolution import compatibility_problems, evolve
 from raystream.storage.segment import DATA_SUFFIX, LogSegment
 

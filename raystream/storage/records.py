@@ -1,11 +1,5 @@
-"""The two record shapes a log stores, and checks of incoming batches against a log's schema.
-
-* Kafka-style records: ``key`` (binary, nullable), ``value`` (binary, nullable: a null value is a
-  tombstone for compaction) and ``headers`` (list of key/value structs; keys may repeat, as in Kafka).
-* Arrow-native rows: any ``pyarrow.Schema`` of the topic, optionally with a key column.
-
-Either way the producer may add an int64 ``_timestamp`` column (CreateTime, ms); the log adds
-``_offset`` (and ``_timestamp`` when absent). Pure functions; thread-safe.
+"""Checks of incoming batches against a log's schema (the record shapes themselves are in
+:mod:`raystream.record`). Pure functions; thread-safe.
 """
 
 from __future__ import annotations
@@ -13,10 +7,7 @@ from __future__ import annotations
 import pyarrow as pa
 
 from raystream.errors import SchemaMismatchError
-from raystream.storage.batch import OFFSET_COLUMN, SYSTEM_COLUMNS, TIMESTAMP_COLUMN
-
-HEADER_TYPE = pa.list_(pa.struct([("key", pa.string()), ("value", pa.binary())]))
-RECORD_SCHEMA = pa.schema([("key", pa.binary()), ("value", pa.binary()), ("headers", HEADER_TYPE)])
+from raystream.record import OFFSET_COLUMN, TIMESTAMP_COLUMN
 
 
 def schema_differences(expected: pa.Schema, actual: pa.Schema) -> list[str]:
@@ -35,15 +26,6 @@ def schema_differences(expected: pa.Schema, actual: pa.Schema) -> list[str]:
     if not diffs and [f.name for f in expected] != [f.name for f in actual]:
         diffs.append(f"field order {[f.name for f in actual]} differs from {[f.name for f in expected]}")
     return diffs
-
-
-def check_user_schema(schema: pa.Schema) -> None:
-    """A topic schema may not use the system column names."""
-    if not isinstance(schema, pa.Schema):
-        raise TypeError(f"schema must be a pyarrow.Schema, got {type(schema).__name__}")
-    reserved = [f.name for f in schema if f.name in SYSTEM_COLUMNS]
-    if reserved:
-        raise SchemaMismatchError(f"schema uses reserved column names {reserved}", fields=reserved)
 
 
 def check_batch_schema(expected: pa.Schema, batch: pa.RecordBatch, where: str) -> None:

@@ -28,11 +28,11 @@ import msgpack
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from raystream.record import OFFSET_COLUMN
+
 log = logging.getLogger(__name__)
 
 STATS_KEY = b"raystream.stats"
-#: The stored batches' offset column (``storage.batch.OFFSET_COLUMN``; batch imports this module).
-OFFSET_COLUMN = "_offset"
 #: Longer string minima/maxima are not kept (the bound is then open on that side).
 MAX_STRING_BYTES = 64
 #: Batches whose guarantees are simplified against a filter in one pyarrow call (bounds wasted work when

@@ -9,7 +9,7 @@ import ray
 import raystream as rs
 from raystream import errors
 from raystream.protocol import ACTOR_NAMESPACE, replica_actor_name
-from raystream.storage.records import RECORD_SCHEMA
+from raystream.record import RECORD_SCHEMA
 
 pytestmark = pytest.mark.integration
 

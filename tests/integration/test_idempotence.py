@@ -14,7 +14,7 @@ import ray
 import raystream as rs
 from raystream import errors
 from raystream.protocol import ACTOR_NAMESPACE, controller_actor_name, replica_actor_name
-from raystream.storage.records import HEADER_TYPE, RECORD_SCHEMA
+from raystream.record import HEADER_TYPE, RECORD_SCHEMA
 
 pytestmark = pytest.mark.integration
 

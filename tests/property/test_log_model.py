@@ -34,10 +34,9 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from raystream.config import TopicConfig
 from raystream.errors import InvalidRecordError, OffsetOutOfRangeError
+from raystream.record import OFFSET_COLUMN, RECORD_SCHEMA, TIMESTAMP_COLUMN
 from raystream.storage import cleaner
-from raystream.storage.batch import OFFSET_COLUMN, TIMESTAMP_COLUMN
 from raystream.storage.log import Log
-from raystream.storage.records import RECORD_SCHEMA
 from raystream.storage.segment import DATA_SUFFIX
 
 #: tmpfs when there is one: the log fsyncs on every flush, roll and checkpoint, and disk fsyncs would make

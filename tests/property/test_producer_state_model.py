@@ -17,14 +17,9 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from raystream.core.producer_state import (
-    MAX_SEQUENCE,
-    NUM_BATCHES_TO_RETAIN,
-    DuplicateBatch,
-    ProducerStateManager,
-    increment_sequence,
-)
+from raystream.core.producer_state import NUM_BATCHES_TO_RETAIN, DuplicateBatch, ProducerStateManager
 from raystream.errors import InvalidProducerEpochError, OutOfOrderSequenceError
+from raystream.record import MAX_SEQUENCE, increment_sequence
 from raystream.storage.batch import BatchHeader
 
 NOW = 1_700_000_000_000

@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 
 from raystream import errors
 from raystream.client.base import BaseTransport
-from raystream.core.producer_state import ProducerStateManager, increment_sequence
+from raystream.core.producer_state import ProducerStateManager
 from raystream.protocol import (
     EARLIEST,
     LATEST,
@@ -38,8 +38,8 @@ from raystream.protocol import (
     TopicMetadata,
     TopicPartition,
 )
+from raystream.record import RECORD_SCHEMA, increment_sequence
 from raystream.storage.batch import BatchHeader
-from raystream.storage.records import RECORD_SCHEMA
 
 
 @dataclasses.dataclass

@@ -9,7 +9,7 @@ from fake_transport import wait_for
 from raystream import errors
 from raystream.client import Consumer, OffsetAndTimestamp
 from raystream.protocol import Record, TopicPartition
-from raystream.storage.records import HEADER_TYPE
+from raystream.record import HEADER_TYPE
 
 T0 = TopicPartition("t", 0)
 T1 = TopicPartition("t", 1)

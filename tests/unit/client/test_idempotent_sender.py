@@ -13,9 +13,8 @@ from fake_transport import wait_for
 
 from raystream import errors
 from raystream.client import Producer
-from raystream.core.producer_state import MAX_SEQUENCE
 from raystream.protocol import TopicPartition
-from raystream.storage.records import HEADER_TYPE, RECORD_SCHEMA
+from raystream.record import HEADER_TYPE, MAX_SEQUENCE, RECORD_SCHEMA
 
 T0 = TopicPartition("t", 0)
 T1 = TopicPartition("t", 1)

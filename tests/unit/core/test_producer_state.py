@@ -11,14 +11,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from raystream.core.producer_state import (
-    MAX_SEQUENCE,
     AbortedTransaction,
     BatchMetadata,
     DuplicateBatch,
     ProducerStateManager,
     ReplayOverlap,
     batch_last_sequence,
-    increment_sequence,
 )
 from raystream.errors import (
     CorruptRecordError,
@@ -26,7 +24,14 @@ from raystream.errors import (
     InvalidRecordError,
     OutOfOrderSequenceError,
 )
-from raystream.storage.batch import ATTR_COMMIT_MARKER, ATTR_CONTROL, ATTR_TRANSACTIONAL, BatchHeader
+from raystream.record import (
+    ATTR_COMMIT_MARKER,
+    ATTR_CONTROL,
+    ATTR_TRANSACTIONAL,
+    MAX_SEQUENCE,
+    increment_sequence,
+)
+from raystream.storage.batch import BatchHeader
 from raystream.storage.producer_snapshot import (
     delete_snapshots_above,
     delete_snapshots_below,

@@ -8,9 +8,9 @@ from pathlib import Path
 import pyarrow as pa
 
 from raystream.config import TopicConfig
-from raystream.storage.batch import BatchHeader, StoredBatch, stored_schema
+from raystream.record import RECORD_SCHEMA, stored_schema
+from raystream.storage.batch import BatchHeader, StoredBatch
 from raystream.storage.log import Log
-from raystream.storage.records import RECORD_SCHEMA
 
 BIG = 1 << 40  # a max_bytes that never limits a read
 

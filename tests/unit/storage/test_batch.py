@@ -10,14 +10,19 @@ import pytest
 from storage_helpers import BIG, records, stored
 
 from raystream.errors import CorruptRecordError
-from raystream.storage.batch import (
+from raystream.record import (
     ATTR_CONTROL,
     ATTR_LOG_APPEND_TIME,
     ATTR_TRANSACTIONAL,
+    NO_SEQUENCE,
+    RECORD_SCHEMA,
+    SYSTEM_COLUMNS,
+    stored_schema,
+    user_schema_of,
+)
+from raystream.storage.batch import (
     CRC_KEY,
     HEADER_KEY,
-    NO_SEQUENCE,
-    SYSTEM_COLUMNS,
     BatchEncoder,
     BatchHeader,
     StoredBatch,
@@ -25,10 +30,7 @@ from raystream.storage.batch import (
     decode,
     parse_frame,
     read_prefix,
-    stored_schema,
-    user_schema_of,
 )
-from raystream.storage.records import RECORD_SCHEMA
 
 STORED_SCHEMA = stored_schema(RECORD_SCHEMA)
 

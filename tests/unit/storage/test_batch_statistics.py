@@ -12,8 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from storage_helpers import BIG
 
+from raystream.record import stored_schema
 from raystream.storage import statistics
-from raystream.storage.batch import BatchHeader, stored_schema
+from raystream.storage.batch import BatchHeader
 
 SCHEMA = pa.schema([("id", pa.int64()), ("score", pa.float64()), ("name", pa.string()),
                     ("at", pa.timestamp("ms"))])

@@ -21,7 +21,8 @@ from raystream.errors import (
     RecordTooLargeError,
     SchemaMismatchError,
 )
-from raystream.storage.batch import ATTR_LOG_APPEND_TIME, ATTR_TRANSACTIONAL, StoredBatch
+from raystream.record import ATTR_LOG_APPEND_TIME, ATTR_TRANSACTIONAL
+from raystream.storage.batch import StoredBatch
 from raystream.storage.files import write_state
 from raystream.storage.segment import LogSegment
 

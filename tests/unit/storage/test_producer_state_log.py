@@ -11,8 +11,9 @@ import pytest
 from storage_helpers import records
 
 from raystream.actors.producer_ids import ReplicaProducerState, sequence_ahead
-from raystream.core.producer_state import MAX_SEQUENCE, DuplicateBatch
+from raystream.core.producer_state import DuplicateBatch
 from raystream.errors import ClosedError, OutOfOrderSequenceError
+from raystream.record import MAX_SEQUENCE
 from raystream.storage.log import Log
 from raystream.storage.producer_snapshot import list_snapshots, snapshot_path
 

@@ -7,8 +7,7 @@ import random
 import pytest
 from storage_helpers import stored
 
-from raystream.storage.batch import stored_schema
-from raystream.storage.records import RECORD_SCHEMA
+from raystream.record import RECORD_SCHEMA, stored_schema
 from raystream.storage.segment import LogSegment, segment_name
 
 SCHEMA = stored_schema(RECORD_SCHEMA)
