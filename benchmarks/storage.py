@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from raystream.clock import now_ms
 from raystream.config import TopicConfig
 from raystream.record import RECORD_SCHEMA
 from raystream.storage.log import Log
@@ -118,22 +119,22 @@ def log_write(log: Log, batches: list[pa.RecordBatch], fsync_each: bool) -> floa
     """Seconds to append every batch, with ``log.flush()`` after each if asked."""
     start = time.perf_counter()
     for batch in batches:
-        log.append(batch)
+        log.append(batch, now=now_ms())
         if fsync_each:
-            log.flush()
+            log.flush(now=now_ms())
     return time.perf_counter() - start
 
 
 def log_flush(log: Log) -> float:
     start = time.perf_counter()
-    log.flush()
+    log.flush(now=now_ms())
     return time.perf_counter() - start
 
 
 def warm_up(root: Path, config: TopicConfig, batches: list[pa.RecordBatch]) -> None:
     """Pay one-time costs (pyarrow imports pandas on the first ``pa.array(ndarray)``, code paths, file
     creation) outside the timed runs."""
-    with Log(root / "warm-up", config) as log:
+    with Log(root / "warm-up", config, now=now_ms()) as log:
         log_write(log, batches[:2], fsync_each=True)
     shutil.rmtree(root / "warm-up")
     raw = RawFile(root / "warm-up.bin")
@@ -160,7 +161,7 @@ def bench_append(root: Path, batches: list[pa.RecordBatch], config: TopicConfig,
         os.sync()
         progress(f"append {mode}: {data_mb:.0f} MB through Log.append and raw os.write, "
                  f"interleaved in {rounds} rounds ...")
-        log = Log(root / f"log-{mode}", config)
+        log = Log(root / f"log-{mode}", config, now=now_ms())
         raw = RawFile(root / f"raw-{mode}.bin")
         raw_stored = RawFile(root / f"raw-stored-{mode}.bin")
         log_s = raw_s = log_final = raw_final = stored_s = 0.0
@@ -249,10 +250,10 @@ def bench_projection(root: Path, total_bytes: int, batch_bytes: int, config: Top
                      fetch_bytes: int) -> dict:
     batches = build_projection_batches(total_bytes, batch_bytes)
     progress(f"projection: writing {sum(b.nbytes for b in batches) / MIB:.0f} MB of 10 x int64 ...")
-    log = Log(root / "projection", config, schema=batches[0].schema)
+    log = Log(root / "projection", config, schema=batches[0].schema, now=now_ms())
     for batch in batches:
-        log.append(batch)
-    log.flush()
+        log.append(batch, now=now_ms())
+    log.flush(now=now_ms())
     user_mb = sum(b.nbytes for b in batches) / MIB
     one = [PROJECTION_COLUMNS[0]]
     scan(log, fetch_bytes, one)  # warm-up
@@ -289,16 +290,16 @@ def bench_recovery(root: Path, batches: list[pa.RecordBatch], max_message_bytes:
     config = TopicConfig.from_dict({"segment.bytes": segment_bytes, "max.message.bytes": max_message_bytes})
     directory = root / "recovery"
     progress(f"recovery: writing {data_bytes / MIB:.0f} MB unflushed ...")
-    log = Log(directory, config)
+    log = Log(directory, config, now=now_ms())
     for batch in batches:
-        log.append(batch)
+        log.append(batch, now=now_ms())
     size = log.size_bytes
     segments = len(log.segments)
     log._simulate_crash()
     os.sync()  # let writeback finish so it does not compete with the timed reopen (data stays cached)
     progress("recovery: reopening ...")
     start = time.perf_counter()
-    log = Log(directory, config)
+    log = Log(directory, config, now=now_ms())
     seconds = time.perf_counter() - start
     report = dataclasses.asdict(log.recovery_report)
     verified = sum(s.size for s in log.segments if s.next_offset > report["recovered_from_offset"])

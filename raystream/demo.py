@@ -62,18 +62,19 @@ def cluster_demo(data_dir: str) -> None:
 
 def storage_demo(data_dir: str) -> None:
     """A crash and what recovery keeps: every intact batch, never a torn one."""
+    from raystream.clock import now_ms
     from raystream.record import RECORD_SCHEMA
     from raystream.storage.log import Log
 
-    log = Log(f"{data_dir}/crash-demo-0")
+    log = Log(f"{data_dir}/crash-demo-0", now=now_ms())
     batch = pa.record_batch([pa.array([b"k"] * 100), pa.array([b"v"] * 100),
                              pa.nulls(100, RECORD_SCHEMA.field("headers").type)], schema=RECORD_SCHEMA)
     for _ in range(10):
-        log.append(batch)
+        log.append(batch, now=now_ms())
     segment = log.active_segment.path
     log._simulate_crash()  # as if the process died mid-write: no clean-shutdown marker ...
     os.truncate(segment, segment.stat().st_size - 100)  # ... and the last batch only half on disk
-    log = Log(f"{data_dir}/crash-demo-0")
+    log = Log(f"{data_dir}/crash-demo-0", now=now_ms())
     report = log.recovery_report
     print(f"after a crash: log end offset {log.log_end_offset} (900 intact records kept), "
           f"dropped {report.dropped_batches} torn batch ({report.truncated_bytes} bytes)")

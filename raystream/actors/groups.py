@@ -50,10 +50,10 @@ class GroupCoordinatorMixin:
         self._join_waiters: dict[str, dict[str, asyncio.Future]] = {}
         self._empty_since_ms: dict[str, int] = {}
         self._rebalancing: dict[str, asyncio.Event] = {}  # set while a group's join phase runs
-        self._offsets = CompactedMap(root / OFFSETS_DIR)
+        self._offsets = CompactedMap(root / OFFSETS_DIR, clock=_now_ms)
         # Each group's last generation id (Kafka keeps it in its GroupMetadata records of __consumer_offsets):
         # a restarted coordinator continues from it, so no generation id is ever handed out twice.
-        self._generations = CompactedMap(root / GENERATIONS_DIR)
+        self._generations = CompactedMap(root / GENERATIONS_DIR, clock=_now_ms)
         try:
             self._group_task = asyncio.get_running_loop().create_task(self._group_loop())
             self._lag_task: asyncio.Task | None = asyncio.get_running_loop().create_task(self._lag_loop())

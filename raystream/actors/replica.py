@@ -93,7 +93,8 @@ class PartitionReplica(ReplicationMixin):
         schema = pa.ipc.read_schema(pa.py_buffer(schema_bytes)) if schema_bytes else None
         reconstructed = ray.get_runtime_context().was_current_actor_reconstructed
         lost_data = reconstructed and not os.path.isdir(log_dir)  # a lost disk: must not lead or count as ISR
-        self.log = Log(log_dir, TopicConfig.from_dict(config), schema=schema, key_column=key_column or "key")
+        self.log = Log(log_dir, TopicConfig.from_dict(config), schema=schema, key_column=key_column or "key",
+                       now=_now_ms())
         self.schema_id = schema_id  # of the topic's current schema (0: never evolved)
         if schema is not None and schema_id > 0 and not self.log.schema.equals(schema):
             self.log.change_schema(schema)  # evolved while this replica was down
@@ -261,7 +262,7 @@ class PartitionReplica(ReplicationMixin):
                                    duplicate.last_offset - duplicate.base_offset + 1, duplicate.timestamp)
             last_offset = duplicate.last_offset
         else:
-            info = self.log.append(self._current_schema(batch), leader_epoch=self.state.leader_epoch,
+            info = self.log.append(self._current_schema(batch), now=_now_ms(), leader_epoch=self.state.leader_epoch,
                                    producer_id=producer_id, producer_epoch=producer_epoch,
                                    base_sequence=base_sequence, schema_id=self.schema_id,
                                    attributes=ATTR_TRANSACTIONAL if transactional and producer_id >= 0 else 0)
@@ -359,7 +360,8 @@ class PartitionReplica(ReplicationMixin):
         entry = self.producers.manager.entry(producer_id)
         if entry is None or entry.current_txn_first_offset is None:
             return -1
-        info = self.log.append_marker(producer_id, producer_epoch, commit, leader_epoch=self.state.leader_epoch)
+        info = self.log.append_marker(producer_id, producer_epoch, commit, now=_now_ms(),
+                                      leader_epoch=self.state.leader_epoch)
         self.producers.record(info.header)
         self._signal("data")
         self._advance_high_watermark()
@@ -464,7 +466,7 @@ class PartitionReplica(ReplicationMixin):
                         await self._propose_isr(shrunk)
                 if time.monotonic() - last_cleanup >= cfg.log_retention_check_interval_ms / 1000:
                     last_cleanup = time.monotonic()
-                    if self.log.apply_retention(high_watermark=self.state.high_watermark):
+                    if self.log.apply_retention(now=_now_ms(), high_watermark=self.state.high_watermark):
                         self.producers.after_retention()
                     if self.log.config.compact:
                         await asyncio.get_running_loop().run_in_executor(None, compact, self.log, _now_ms())

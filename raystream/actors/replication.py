@@ -159,7 +159,7 @@ class ReplicationMixin:
         leo = self.log.log_end_offset
         for batch in (b for b in batches if b.header.base_offset >= leo):
             # One batch per append, recorded at once: the producer state is exact at every segment roll.
-            self.log.append_as_follower([batch])
+            self.log.append_as_follower([batch], now=_now_ms())
             self.producers.record(batch.header)
         hw = min(high_watermark, self.log.log_end_offset)
         if hw > self.state.high_watermark:

@@ -82,7 +82,7 @@ class TransactionCoordinatorMixin:
     offset store (``_offsets``)."""
 
     def _init_transactions(self, root: Path) -> None:
-        self._txn_store = CompactedMap(root / TXN_STATE_DIR)
+        self._txn_store = CompactedMap(root / TXN_STATE_DIR, clock=now_ms)
 
     def _start_transaction_coordinator(self) -> None:
         """Start the timeout checks (which also finish transactions a restarted controller found prepared).

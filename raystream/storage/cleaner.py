@@ -83,7 +83,6 @@ def compact(log_, now: int, value_column: str = "value") -> CleanerStats:
             return CleanerStats()
         for c in cleaned:
             _swap_in(log_, c.new, c.group)
-        log_._bases = [s.base_offset for s in log_.segments]
         fsync_dir(log_.directory)
     return CleanerStats(
         segments_before=len(sealed), segments_after=len(cleaned),
@@ -180,8 +179,7 @@ def _swap_in(log_, new: LogSegment, group: list[LogSegment]) -> None:
         old.delete()
     new.rename_suffix("")
     new.flush()
-    at = log_.segments.index(group[0])
-    log_.segments[at:at + len(group)] = [new]
+    log_.segments.replace(group, new)
 
 
 def recover_interrupted_changes(directory: Path, index_interval_bytes: int) -> None:

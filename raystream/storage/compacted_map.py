@@ -6,14 +6,16 @@ log into memory. The log is compacted (``cleanup.policy=compact``), so its size 
 keys, not the number of changes: ``compact()`` runs the log cleaner over the sealed segments. Keys and
 values are msgpack-encoded Python values (a key must be hashable once decoded: tuples, str, int).
 
+Time is injected: ``clock()`` returns the owner's "now" in ms (the records' timestamps, the flush interval
+and the tombstone horizon of compaction), so storage reads no clock itself.
+
 Not thread-safe: one owner (the controller actor's event loop) calls it; ``compact`` may run in a worker
 thread while the owner keeps writing (the cleaner is crash-safe and concurrent with appends).
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,10 +47,11 @@ class CompactedMap:
     """See the module docstring. ``segment_bytes`` bounds the active segment (only sealed ones compact)."""
 
     def __init__(self, directory: str | Path, segment_bytes: int = 16 << 20,
-                 delete_retention_ms: int = 24 * 3600 * 1000) -> None:
+                 delete_retention_ms: int = 24 * 3600 * 1000, *, clock: Callable[[], int]) -> None:
         config = TopicConfig.from_dict({"cleanup.policy": "compact", "segment.bytes": segment_bytes,
                                         "delete.retention.ms": delete_retention_ms})
-        self.log = Log(directory, config)
+        self._clock = clock
+        self.log = Log(directory, config, now=clock())
         self._items: dict[Any, Any] = {}
         self._replay()
 
@@ -91,8 +94,9 @@ class CompactedMap:
         values = pa.array([v for _, v in changes], pa.binary())
         batch = pa.RecordBatch.from_arrays([keys, values, pa.nulls(len(changes), _HEADERS_TYPE)],
                                            schema=RECORD_SCHEMA)
-        self.log.append(batch)
-        self.log.flush()
+        now = self._clock()
+        self.log.append(batch, now=now)
+        self.log.flush(now=now)
         for key, value in (puts or {}).items():
             self._items[key] = value
         for key in deletes:
@@ -104,7 +108,7 @@ class CompactedMap:
 
     def compact(self, now_ms: int | None = None) -> None:
         """Roll the active segment if it holds anything, then clean every sealed segment."""
-        compact(self.log, now_ms if now_ms is not None else time.time_ns() // 1_000_000)
+        compact(self.log, now_ms if now_ms is not None else self._clock())
 
     def close(self) -> None:
         self.log.close()

@@ -147,6 +147,23 @@ class LogSegment:
     def fits(self, header: BatchHeader) -> bool:
         return header.last_offset - self.base_offset <= MAX_RELATIVE_OFFSET
 
+    def roll_reason(self, batch: StoredBatch, size: int, segment_bytes: int, segment_ms: int) -> str | None:
+        """Why appending ``batch`` (``size`` bytes encoded) must start a new segment, None if it may go here
+        (Kafka's ``LogSegment.shouldRoll``)."""
+        if not self.schema.equals(batch.data.schema):
+            return "schema change"
+        if self.is_empty:
+            return None
+        if self.size + size > segment_bytes:
+            return "segment.bytes"
+        if (self.rolling_timestamp is not None
+                and batch.header.max_timestamp - self.rolling_timestamp >= segment_ms):
+            # As Kafka: time is measured in record timestamps, so replaying old data rolls as it did then.
+            return "segment.ms"
+        if not self.fits(batch.header):
+            return "relative offset overflow"
+        return None
+
     def append(self, batch: StoredBatch, encoded: tuple[list, Frame] | None = None) -> int:
         """Write one stored batch at the end (``encoded``: its message, if the caller already encoded it
         to size it); returns the bytes written."""

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from raystream.clock import now_ms
 from raystream.config import TopicConfig
 from raystream.record import RECORD_SCHEMA, stored_schema
 from raystream.storage.batch import BatchHeader, StoredBatch
@@ -43,10 +44,12 @@ def stored(base: int, n: int, *, timestamps: Sequence[int] | None = None, leader
     return StoredBatch(header, data)
 
 
-def open_log(path: Path, config: TopicConfig | dict | None = None, **kwargs) -> Log:
+def open_log(path: Path, config: TopicConfig | dict | None = None, *, now: int | None = None, **kwargs) -> Log:
+    """Open a Log; ``now`` (the open time, which starts the flush and checkpoint intervals) defaults to the
+    wall clock, as the replica actor passes it — the storage layer itself never reads a clock."""
     if isinstance(config, dict):
         config = TopicConfig.from_dict(config)
-    return Log(path, config, **kwargs)
+    return Log(path, config, now=now_ms() if now is None else now, **kwargs)
 
 
 def rows(log: Log, start: int | None = None, max_offset: int | None = None) -> list[tuple]:

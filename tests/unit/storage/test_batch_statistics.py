@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from storage_helpers import BIG
 
+from raystream.clock import now_ms
 from raystream.record import stored_schema
 from raystream.storage import statistics
 from raystream.storage.batch import BatchHeader
@@ -101,7 +102,7 @@ def test_an_unbindable_filter_keeps_every_batch():
 def _filled_log(make_log, batches=20, rows=100):
     log = make_log(schema=SCHEMA)
     for i in range(batches):
-        log.append(_table(i * rows, rows))
+        log.append(_table(i * rows, rows), now=now_ms())
     return log
 
 
@@ -139,10 +140,10 @@ def test_read_filtered_moves_past_skipped_batches_within_max_bytes_and_max_offse
 
 def test_batches_of_an_older_schema_skip_filters_on_columns_they_lack(make_log):
     log = make_log(schema=pa.schema([("id", pa.int64())]))
-    log.append(pa.table({"id": pa.array(range(100), pa.int64())}))
+    log.append(pa.table({"id": pa.array(range(100), pa.int64())}), now=now_ms())
     widened = pa.schema([("id", pa.int64()), ("region", pa.string())])
     log.change_schema(widened)
-    log.append(pa.table({"id": pa.array(range(100, 200), pa.int64()), "region": ["eu"] * 100}))
+    log.append(pa.table({"id": pa.array(range(100, 200), pa.int64()), "region": ["eu"] * 100}), now=now_ms())
     hit = log.read_filtered(0, BIG, row_filter=pc.field("region") == "eu")
     assert hit.batches_skipped == 1 and sum(b.num_rows for b in hit.batches) == 100
     nulls = log.read_filtered(0, BIG, row_filter=pc.field("region").is_null())

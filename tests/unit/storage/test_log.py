@@ -11,6 +11,7 @@ import pytest
 from storage_helpers import BIG, offsets_of, records, rows
 
 import raystream.storage.segment as segment_module
+from raystream.clock import now_ms
 from raystream.errors import (
     ClosedError,
     InvalidLogDirectoryError,
@@ -373,7 +374,7 @@ def test_flush_ms_triggers_flush_by_append_time(make_log):
 def test_explicit_flush_advances_the_recovery_point(make_log):
     log = make_log()
     _fill(log, [3])
-    log.flush()
+    log.flush(now=now_ms())
     assert log.recovery_point == 3
 
 
@@ -393,12 +394,12 @@ def test_append_as_follower_keeps_offsets_and_headers(make_log, tmp_path):
     gap = leader.read_batches(2, BIG)[0]
     shifted = StoredBatch(dataclasses.replace(gap.header, base_offset=10),
                           gap.data.set_column(0, "_offset", pa.array([10, 11, 12], pa.int64())))
-    assert follower.append_as_follower([shifted]) == 13
+    assert follower.append_as_follower([shifted], now=now_ms()) == 13
     assert offsets_of(follower.read(0, BIG)) == [0, 1, 2, 3, 4, 10, 11, 12]
     with pytest.raises(InvalidRecordError):
-        follower.append_as_follower([batches[0]])
+        follower.append_as_follower([batches[0]], now=now_ms())
     with pytest.raises(TypeError):
-        follower.append_as_follower([records(1)])
+        follower.append_as_follower([records(1)], now=now_ms())
     assert follower.log_end_offset == 13
 
 
@@ -584,29 +585,29 @@ def full_log(make_log):
     None, b"bytes", pa.array([1, 2])], ids=["dict", "list", "none", "bytes", "array"])
 def test_append_of_a_non_arrow_value_is_a_type_error(full_log, value):
     with pytest.raises(TypeError):
-        full_log.append(value)
+        full_log.append(value, now=now_ms())
     full_log.check()
 
 
 def test_append_of_a_pandas_frame_is_a_type_error(full_log):
     pd = pytest.importorskip("pandas")
     with pytest.raises(TypeError):
-        full_log.append(pd.DataFrame({"key": [b"a"], "value": [b"b"], "headers": [[]]}))
+        full_log.append(pd.DataFrame({"key": [b"a"], "value": [b"b"], "headers": [[]]}), now=now_ms())
     full_log.check()
 
 
 def test_append_of_an_empty_batch_is_invalid(full_log):
     with pytest.raises(InvalidRecordError, match="empty"):
-        full_log.append(records(0))
+        full_log.append(records(0), now=now_ms())
     with pytest.raises(InvalidRecordError):
-        full_log.append(pa.Table.from_batches([], schema=records(0).schema))
+        full_log.append(pa.Table.from_batches([], schema=records(0).schema), now=now_ms())
     full_log.check()
 
 
 def test_append_above_max_message_bytes_is_record_too_large(full_log):
     huge = records(keys=[b"k"], values=[b"x" * 5000])
     with pytest.raises(RecordTooLargeError) as info:
-        full_log.append(huge)
+        full_log.append(huge, now=now_ms())
     assert info.value.limit == 4000 and info.value.size >= 5000
     assert "4000" in str(info.value)
     full_log.check()
@@ -624,7 +625,7 @@ def test_append_above_max_message_bytes_is_record_too_large(full_log):
 ], ids=["missing", "wrong-type", "extra", "bad-timestamp", "offset-column", "order"])
 def test_append_with_a_mismatched_schema_names_the_fields(full_log, batch, named):
     with pytest.raises(SchemaMismatchError) as info:
-        full_log.append(batch)
+        full_log.append(batch, now=now_ms())
     assert named in str(info.value)
     assert any(named in str(f) for f in info.value.fields), info.value.fields
     full_log.check()
@@ -635,7 +636,7 @@ def test_arrow_native_schema_mismatch_names_every_field(make_log):
     log = make_log(schema=schema)
     bad = pa.RecordBatch.from_pydict({"id": [1], "x": ["oops"], "t": [1]})
     with pytest.raises(SchemaMismatchError) as info:
-        log.append(bad)
+        log.append(bad, now=now_ms())
     message = str(info.value)
     assert "'id'" in message and "nullable" in message  # nullable where the schema says not null
     assert "'x'" in message and "'s'" in message and "'t'" in message
@@ -730,8 +731,8 @@ def test_two_owners_at_once(full_log, log_dir, make_log):
 
 
 @pytest.mark.parametrize("call", [
-    lambda log: log.append(records(1)), lambda log: log.append_as_follower([]),
-    lambda log: log.read(0, BIG), lambda log: log.read_batches(0, BIG), lambda log: log.flush(),
+    lambda log: log.append(records(1), now=now_ms()), lambda log: log.append_as_follower([], now=now_ms()),
+    lambda log: log.read(0, BIG), lambda log: log.read_batches(0, BIG), lambda log: log.flush(now=now_ms()),
     lambda log: log.roll(), lambda log: log.change_schema(pa.schema([("a", pa.int64())])),
     lambda log: log.truncate_to(1), lambda log: log.truncate_fully_and_start_at(0),
     lambda log: log.delete_records_before(1), lambda log: log.apply_retention(now=0),

@@ -11,6 +11,7 @@ import pytest
 from storage_helpers import records
 
 from raystream.actors.producer_ids import ReplicaProducerState, sequence_ahead
+from raystream.clock import now_ms
 from raystream.core.producer_state import DuplicateBatch
 from raystream.errors import ClosedError, OutOfOrderSequenceError
 from raystream.record import MAX_SEQUENCE
@@ -26,7 +27,7 @@ def produce(log: Log, state: ReplicaProducerState, seq: int, n: int = 3, pid: in
     duplicate = state.check(pid, epoch, seq, n)
     if duplicate is not None:
         return duplicate
-    info = log.append(records(n, start=seq), producer_id=pid, producer_epoch=epoch, base_sequence=seq)
+    info = log.append(records(n, start=seq), producer_id=pid, producer_epoch=epoch, base_sequence=seq, now=now_ms())
     state.record(info.header)
     return info
 
@@ -44,7 +45,7 @@ def reopen(log: Log, log_dir, crash: bool, config=None) -> tuple[Log, ReplicaPro
         log._simulate_crash()
     else:
         log.close()
-    new = Log(log_dir, log.config if config is None else config)
+    new = Log(log_dir, log.config if config is None else config, now=now_ms())
     return new, ReplicaProducerState(new, "t-0")
 
 
@@ -59,7 +60,7 @@ def opened(make_log):
 # -- Log.iter_headers / on_roll / AppendInfo.header ---------------------------------------------------------
 def test_iter_headers_yields_every_batch_header_from_an_offset_across_segments(make_log):
     log = make_log(SMALL_SEGMENTS)
-    infos = [log.append(records(3, start=i * 3), producer_id=1, producer_epoch=0, base_sequence=i * 3)
+    infos = [log.append(records(3, start=i * 3), producer_id=1, producer_epoch=0, base_sequence=i * 3, now=now_ms())
              for i in range(20)]
     assert len(log.segments) > 2
     assert list(log.iter_headers()) == [i.header for i in infos]
@@ -70,7 +71,7 @@ def test_iter_headers_yields_every_batch_header_from_an_offset_across_segments(m
 
 def test_iter_headers_after_close_raises(make_log):
     log = make_log()
-    log.append(records(2))
+    log.append(records(2), now=now_ms())
     headers = log.iter_headers()
     log.close()
     with pytest.raises(ClosedError):
@@ -82,7 +83,7 @@ def test_on_roll_is_told_every_new_segment_and_its_failure_does_not_fail_the_app
     rolled = []
     log.on_roll = rolled.append
     for i in range(20):
-        log.append(records(3, start=i * 3))
+        log.append(records(3, start=i * 3), now=now_ms())
     assert rolled == [s.base_offset for s in log.segments[1:]]
 
     def broken(offset: int) -> None:
@@ -91,7 +92,7 @@ def test_on_roll_is_told_every_new_segment_and_its_failure_does_not_fail_the_app
     log.on_roll = broken
     with caplog.at_level(logging.ERROR):
         log.roll()
-        log.append(records(1))
+        log.append(records(1), now=now_ms())
     assert "on_roll listener failed" in caplog.text and log.log_end_offset == 61
 
 
@@ -168,7 +169,7 @@ def test_full_truncation_starts_empty_without_snapshots(opened, log_dir):
 def test_retention_deletes_snapshots_below_the_log_start_but_keeps_the_producers(opened, log_dir):
     log, state = opened({**SMALL_SEGMENTS, "retention.bytes": 6000})
     fill(log, state, 25)
-    assert log.apply_retention() > 0
+    assert log.apply_retention(now=now_ms()) > 0
     state.after_retention()
     assert min(list_snapshots(log_dir)) >= log.log_start_offset
     assert state.manager.entry(PID) is not None  # KIP-360: still known after its batches went

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 
+from raystream.clock import now_ms
 from raystream.storage.log import Log
 from raystream.storage.schema_evolution import compatibility_problems, evolve
 
@@ -33,10 +34,10 @@ def test_evolve_casts_and_fills_nulls_without_copying_unchanged_columns():
 
 
 def test_log_reads_old_segments_in_the_new_schema(tmp_path):
-    log = Log(tmp_path / "t-0", schema=OLD)
-    log.append(pa.record_batch({"id": pa.array([1, 2], pa.int32()), "name": ["a", "b"]}))
+    log = Log(tmp_path / "t-0", schema=OLD, now=now_ms())
+    log.append(pa.record_batch({"id": pa.array([1, 2], pa.int32()), "name": ["a", "b"]}), now=now_ms())
     log.change_schema(NEW)
-    log.append(pa.record_batch({"id": pa.array([3], pa.int64()), "name": ["c"], "score": [0.5]}))
+    log.append(pa.record_batch({"id": pa.array([3], pa.int64()), "name": ["c"], "score": [0.5]}), now=now_ms())
     rows = pa.Table.from_batches(log.read(0, 1 << 20)).select(["id", "name", "score"]).to_pylist()
     assert rows == [{"id": 1, "name": "a", "score": None}, {"id": 2, "name": "b", "score": None},
                     {"id": 3, "name": "c", "score": 0.5}]
