@@ -30,11 +30,7 @@ from typing import Any
 import pyarrow as pa
 
 from raystream.config import TopicConfig
-from raystream.errors import (
-    ClosedError,
-    InvalidRecordError,
-    OffsetOutOfRangeError,
-)
+from raystream.errors import ClosedError, InvalidRecordError, OffsetOutOfRangeError
 from raystream.record import (
     ATTR_COMMIT_MARKER,
     ATTR_CONTROL,
