@@ -27,7 +27,8 @@ from typing import Any
 
 from raystream.clock import now_ms as _now_ms
 from raystream.core.assignors import Subscription
-from raystream.core.group import GroupMetadata, GroupState, JoinCompletion
+from raystream.core.group import GroupMetadata, GroupState
+from raystream.core.group_results import JoinCompletion
 from raystream.core.lag import consumer_lag
 from raystream.errors import GroupIdNotFoundError, GroupNotEmptyError, UnknownMemberIdError
 from raystream.protocol import LATEST, TopicPartition
