@@ -13,7 +13,6 @@ probed outside the metadata lock (a dying node must not hold up elections), the 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -140,6 +139,4 @@ class BrokerRegistry:
         for broker_id, info in list(self.metadata.brokers.items()):
             if not full and info.node_id not in probed and broker_id not in alive_ids:
                 continue
-            alive = broker_id in alive_ids
-            if info.alive != alive:
-                self.metadata.brokers[broker_id] = dataclasses.replace(info, alive=alive)
+            self._store.set_broker_alive(broker_id, broker_id in alive_ids)

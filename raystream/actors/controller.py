@@ -20,18 +20,19 @@ The actor class is the controller's one remote surface and holds no logic of its
 is composed of components, each given its dependencies in its constructor, and every remote method
 delegates to one of them:
 
-    component                                            job
-    ---------------------------------------------------  -------------------------------------------------
-    :class:`~raystream.actors.metadata_store.MetadataStore`   topics, brokers, partition states, producer
-                                                         ids; the metadata log and the metadata lock
-    :class:`~raystream.actors.brokers.BrokerRegistry`    brokers per Ray node; the registration lock
-    :class:`~raystream.actors.replica_liveness.ReplicaLiveness`  when each replica last answered
-    :class:`~raystream.actors.replica_handles.ReplicaHandles`    the replica actors' handles (one cache),
-                                                         creation and roles
-    :class:`~raystream.actors.failover.FailureMonitor`   heartbeats, elections, rejoin, re-replication
-    :class:`~raystream.actors.replication_control.ReplicationControl`  topic changes, ISR changes
-    :class:`~raystream.actors.groups.GroupCoordinator`   consumer groups, committed offsets
-    :class:`~raystream.actors.transactions.TransactionCoordinator`  transactions
+    component (raystream.actors.*)         its job
+    -------------------------------------  ----------------------------------------------------------------
+    metadata_store.MetadataStore           topics, brokers, partition states, producer ids; the metadata
+                                           log (raystream.storage.metadata_log) and the metadata lock
+    brokers.BrokerRegistry                 which Ray node each broker lives on; the registration lock
+    replica_liveness.ReplicaLiveness       when each replica last answered, which are starting or dead
+    replica_handles.ReplicaHandles         the replica actors: one handle cache, creation, roles
+    failover.FailureMonitor                heartbeats, node checks, elections, rejoin, re-replication
+    replication_control.ReplicationControl topic changes, ISR changes proposed by leaders
+    groups.GroupCoordinator                consumer groups and their committed offsets
+    transactions.TransactionCoordinator    transactions (markers, transactional offsets)
+
+Each gets its dependencies in its constructor (below); none reaches into another's state.
 
 Concurrency: an async actor; everything runs on its event loop. Metadata changes are serialised by the
 metadata lock (one change at a time, appended to the metadata log before it is applied; reads need no

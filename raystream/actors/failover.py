@@ -33,7 +33,6 @@ first (``BrokerRegistry.registration_lock``), then the metadata lock.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -137,7 +136,7 @@ class FailureMonitor:
         try:
             answer = await self._heartbeat(key, timeout_s)
             if answer == _DEAD:
-                self._liveness.dead.add(key)
+                self._liveness.died(key)
             elif answer is not None:
                 self._liveness.answered(key)
                 self._reports[key] = answer
@@ -150,7 +149,7 @@ class FailureMonitor:
             now = time.monotonic()
             for broker, info in self.metadata.brokers.items():  # Ray says the node is gone: so is the broker
                 if info.alive and self._alive_nodes is not None and info.node_id not in self._alive_nodes:
-                    self.metadata.brokers[broker] = dataclasses.replace(info, alive=False)
+                    self._store.set_broker_alive(broker, False)
                     self._broker_dead_since.setdefault(broker, now)
                     log.warning("broker %d (node %s) is dead", broker, info.node_id)
             for broker, info in self.metadata.brokers.items():
@@ -218,7 +217,7 @@ class FailureMonitor:
                 for state in topic.partitions.values() if broker in state.replicas]
         for key in keys:
             handle = self._replicas.forget(key)
-            self._liveness.dead.add(key)
+            self._liveness.died(key)
             try:
                 ray.kill(handle or self._replicas.lookup(*key), no_restart=True)
             except Exception:  # already gone
@@ -293,8 +292,7 @@ class FailureMonitor:
         """Tell the partition's replicas (only ``live`` ones when given: a failed replica would only make
         us wait; it learns its role when it rejoins or answers a heartbeat again)."""
         await asyncio.gather(*(self._send_role_safely(state, b) for b in state.replicas
-                               if (live is None or b in live) and self.metadata.brokers.get(b) is not None
-                               and self.metadata.brokers[b].alive))
+                               if (live is None or b in live) and self._store.broker_alive(b)))
 
     async def _send_role_safely(self, state: PartitionState, broker: int) -> None:
         key = (state.topic, state.partition, broker)
@@ -318,8 +316,7 @@ class FailureMonitor:
             if state is None or broker not in state.replicas:
                 return None
             key = (topic, partition, broker)
-            self._liveness.last_heard[key] = time.monotonic()
-            self._liveness.dead.discard(key)
+            self._liveness.rejoined(key)
             self._replicas.forget(key)
             live = self._liveness.live_replicas(state, time.monotonic()) | {broker}
             if lost_data and broker in state.isr:
@@ -342,7 +339,7 @@ class FailureMonitor:
                     state = self._apply_election(state, election)
             others = [b for b in state.replicas if b != broker]
             await asyncio.gather(*(self._send_role_safely(state, b) for b in others
-                                   if self.metadata.brokers.get(b) is not None and self.metadata.brokers[b].alive))
+                                   if self._store.broker_alive(b)))
             return state
 
     # -- re-replication -------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ producers do not wait behind a slow topic change.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,13 @@ class MetadataStore:
         self.metadata.apply(record)
         if isr_before is not None:
             metrics.isr_changed(record["topic"], isr_before, record["isr"])
+
+    def set_broker_alive(self, broker: int, alive: bool) -> None:
+        """A broker's liveness is the one piece of metadata not recorded: it is learned again from Ray's
+        node table and the broker agents after every start, so a restarted controller never trusts it."""
+        info = self.metadata.brokers[broker]
+        if info.alive != alive:
+            self.metadata.brokers[broker] = dataclasses.replace(info, alive=alive)
 
     def close(self) -> None:
         self._log.close()

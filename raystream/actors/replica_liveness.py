@@ -59,6 +59,15 @@ class ReplicaLiveness:
         self.starting.pop(key, None)
         self.dead.discard(key)
 
+    def rejoined(self, key: ReplicaKey) -> None:
+        """The replica's new incarnation called in (``rejoin``): alive now (a start grace it had stays)."""
+        self.last_heard[key] = time.monotonic()
+        self.dead.discard(key)
+
+    def died(self, key: ReplicaKey) -> None:
+        """Ray reported the actor dead, or the controller killed it for good: never live until recreated."""
+        self.dead.add(key)
+
     def moved(self, old: ReplicaKey, new: ReplicaKey, now: float) -> None:
         """A replica was reassigned from ``old`` (a dead broker) to ``new`` (just decided, not yet created)."""
         self.last_heard.pop(old, None)

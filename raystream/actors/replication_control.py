@@ -73,12 +73,15 @@ class ReplicationControl:
         async with self._brokers.registration_lock():
             if name in self.metadata.topics:
                 raise TopicAlreadyExistsError(f"topic {name!r} already exists")
-            # Every live Ray node is a broker by the time replicas are placed (a node that just joined
-            # included), bounded by broker.registration.timeout.ms.
-            await self._brokers.register_nodes(only_new=True, on_change=self._monitor.brokers_changed)
+            await self._register_new_nodes()
             async with self._store.lock():
                 return await self._create_topic_locked(name, partitions, replication_factor, topic_config,
                                                        schema_bytes, key_column)
+
+    async def _register_new_nodes(self) -> None:
+        """Every live Ray node is a broker by the time replicas are placed (a node that just joined
+        included), bounded by broker.registration.timeout.ms. The caller holds the registration lock."""
+        await self._brokers.register_nodes(only_new=True, on_change=self._monitor.brokers_changed)
 
     async def _create_topic_locked(self, name: str, partitions: int, replication_factor: int,
                                    topic_config: dict[str, Any], schema_bytes: bytes | None,
@@ -97,7 +100,7 @@ class ReplicationControl:
             if not isinstance(total, int) or total <= current:  # checked again under the metadata lock
                 raise InvalidPartitionsError(f"topic {name!r} has {current} partitions; the new total must be "
                                              f"larger, got {total!r}")
-            await self._brokers.register_nodes(only_new=True, on_change=self._monitor.brokers_changed)  # as create_topic: place over every live node
+            await self._register_new_nodes()
             async with self._store.lock():
                 return await self._create_partitions_locked(name, total)
 
