@@ -1,8 +1,8 @@
 """The controller's failure handling: replica heartbeats, leader election, ISR fencing, re-replication.
 
-Mixed into :class:`raystream.actors.controller.Controller` (it uses the controller's metadata, lock,
-write-ahead ``_record`` and replica handles); kept apart because it is one job: keeping every partition led
-by a live in-sync replica.
+One component of :class:`raystream.actors.controller.Controller`, with its dependencies passed in: the
+metadata store (records, the metadata lock), the broker registry (new nodes), the replica-handle registry
+and the replica liveness table. Its one job: keeping every partition led by a live in-sync replica.
 
 How a failure is noticed, fastest first:
 
@@ -23,23 +23,30 @@ Re-replication: a broker dead for ``replica.reassignment.delay.ms`` has each of 
 ISR by then) rebuilt on the least-loaded live broker that holds no replica of that partition; the new
 follower copies the log from the leader and joins the ISR when it has caught up.
 
-Concurrency: runs on the controller's event loop; heartbeats go out without the metadata lock, decisions
-are taken under it.
+Concurrency contract: runs on the controller actor's event loop, as three loops (heartbeats, node checks,
+decisions) started by :meth:`FailureMonitor.start`. Heartbeats go out and their answers are recorded
+without any lock; every decision (elections, ISR fencing, re-replication, :meth:`FailureMonitor.rejoin`) is
+taken under the metadata lock (``MetadataStore.lock``); node registration takes the registration lock
+first (``BrokerRegistry.registration_lock``), then the metadata lock.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import ray
 import ray.exceptions as rex
 
 from raystream import metrics
-from raystream.config import TopicConfig
+from raystream.actors.brokers import BrokerRegistry
+from raystream.actors.metadata_store import MetadataStore
+from raystream.actors.replica_handles import ReplicaHandles
+from raystream.actors.replica_liveness import ReplicaKey, ReplicaLiveness
+from raystream.config import BrokerConfig, TopicConfig
 from raystream.core.election import Election, elect_leader, fence_dead_followers, replacement_broker
 from raystream.core.metadata import ClusterMetadata, TopicState
 from raystream.protocol import PartitionState, Role
@@ -48,66 +55,46 @@ log = logging.getLogger(__name__)
 _DEAD = "dead"
 
 
-class FailoverMixin:
-    """Heartbeats and elections (see the module docstring). Needs the controller's attributes."""
+class FailureMonitor:
+    """Heartbeats, elections, rejoins and re-replication (see the module docstring)."""
 
-    metadata: ClusterMetadata
-
-    def _init_failover(self) -> None:
-        self._last_heard: dict[tuple[str, int, int], float] = {}  # replica -> monotonic time of last answer
-        #: Replicas created by this controller that have not answered yet -> until when they count as starting
-        self._starting: dict[tuple[str, int, int], float] = {}
-        self._dead_replicas: set[tuple[str, int, int]] = set()
+    def __init__(self, store: MetadataStore, brokers: BrokerRegistry, replicas: ReplicaHandles,
+                 liveness: ReplicaLiveness, broker_config: BrokerConfig, gauges: metrics.ControllerGauges,
+                 ensure_started: Callable[[], Awaitable[None]]) -> None:
+        """``ensure_started``: runs the controller's start if it has not run in this incarnation (after Ray
+        restarted the controller, the monitor's decision loop starts it before deciding anything)."""
+        self._store = store
+        self.metadata = store.metadata
+        self._brokers = brokers
+        self._replicas = replicas
+        self._liveness = liveness
+        self.broker_config = broker_config
+        self._gauges = gauges  # partition health here, group lag in the group coordinator
+        self._ensure_started = ensure_started
         self._broker_dead_since: dict[int, float] = {}
-        self._handles: dict[tuple[str, int, int], Any] = {}
-        self._reports: dict[tuple[str, int, int], tuple[Any, ...]] = {}  # last heartbeat answer per replica
-        self._pending_heartbeats: dict[tuple[str, int, int], asyncio.Task] = {}
+        self._reports: dict[ReplicaKey, tuple[Any, ...]] = {}  # last heartbeat answer per replica
+        self._pending_heartbeats: dict[ReplicaKey, asyncio.Task] = {}
         self._forgotten_brokers: set[int] = set()  # dead brokers whose replica actors were killed
-        self._offline_since: dict[tuple[str, int, int], float] = {}  # recorded leaders reporting no role
+        self._offline_since: dict[ReplicaKey, float] = {}  # recorded leaders reporting no role
         self._alive_nodes: set[str] | None = None  # Ray's live node ids, as the node loop last saw them
-        self._gauges = metrics.ControllerGauges()  # partition health here, group lag in the coordinator
-        self._registration: asyncio.Lock | None = None
         self._monitor: asyncio.Task | None = None
+
+    def start(self) -> None:
+        """Start the monitor's loops on the running event loop (none outside one: a unit test)."""
         try:
             self._monitor = asyncio.get_running_loop().create_task(self._monitor_loop())
         except RuntimeError:  # not on an event loop (a unit test constructing the class): no monitor
             self._monitor = None
 
-    def _registration_lock_(self) -> asyncio.Lock:
-        """Serialises broker registration (probe + record); taken before the metadata lock, never after."""
-        if self._registration is None:
-            self._registration = asyncio.Lock()
-        return self._registration
-
     # -- liveness -----------------------------------------------------------------------------------------------
-    def _live_replicas(self, state: PartitionState, now: float) -> set[int]:
-        """Brokers holding a live replica of ``state``: broker alive, replica answered recently (or just
-        created and still starting: its process may take seconds to start on a busy node)."""
-        timeout_s = self.broker_config.replica_session_timeout_ms / 1000
-        live = set()
-        for broker in state.replicas:
-            info = self.metadata.brokers.get(broker)
-            key = (state.topic, state.partition, broker)
-            if info is None or not info.alive or key in self._dead_replicas:
-                continue
-            if now - self._last_heard.setdefault(key, now) <= timeout_s or now <= self._starting.get(key, 0.0):
-                live.add(broker)
-        return live
-
-    def _cached_handle(self, key: tuple[str, int, int]) -> Any:
-        handle = self._handles.get(key)
-        if handle is None:
-            handle = self._handles[key] = self._replica_handle(*key, create=False)
-        return handle
-
-    async def _heartbeat(self, key: tuple[str, int, int], timeout_s: float) -> tuple[Any, ...] | str | None:
+    async def _heartbeat(self, key: ReplicaKey, timeout_s: float) -> tuple[Any, ...] | str | None:
         try:
-            handle = self._cached_handle(key)
+            handle = self._replicas.cached(key)
             return tuple(await asyncio.wait_for(handle.heartbeat.remote(), timeout_s))
         except ValueError:  # no such actor (never created, or killed for good)
             return None
         except rex.ActorDiedError:
-            self._handles.pop(key, None)
+            self._replicas.forget(key)
             return _DEAD
         except Exception:  # unavailable (restarting, node unreachable) or slow: no answer this round
             return None
@@ -124,8 +111,8 @@ class FailoverMixin:
         while True:
             await asyncio.sleep(interval_s)
             try:
-                if needs_start and not self._started:  # after Ray restarted this controller
-                    await self.start(register=False)
+                if needs_start:  # after Ray restarted this controller
+                    await self._ensure_started()
                 await step()
             except asyncio.CancelledError:
                 raise
@@ -144,27 +131,25 @@ class FailoverMixin:
                     if info is not None and info.alive and key not in self._pending_heartbeats:
                         self._pending_heartbeats[key] = loop.create_task(self._heartbeat_into(key, timeout_s))
 
-    async def _heartbeat_into(self, key: tuple[str, int, int], timeout_s: float) -> None:
+    async def _heartbeat_into(self, key: ReplicaKey, timeout_s: float) -> None:
         """One heartbeat, its answer recorded when it comes."""
         try:
             answer = await self._heartbeat(key, timeout_s)
             if answer == _DEAD:
-                self._dead_replicas.add(key)
+                self._liveness.died(key)
             elif answer is not None:
-                self._last_heard[key] = time.monotonic()
-                self._starting.pop(key, None)
-                self._dead_replicas.discard(key)
+                self._liveness.answered(key)
                 self._reports[key] = answer
         finally:
             self._pending_heartbeats.pop(key, None)
 
     async def _check_once(self) -> None:
         """Decide on what the heartbeats say so far: elections, ISR fencing, re-replication."""
-        async with self._lock_():
+        async with self._store.lock():
             now = time.monotonic()
             for broker, info in self.metadata.brokers.items():  # Ray says the node is gone: so is the broker
                 if info.alive and self._alive_nodes is not None and info.node_id not in self._alive_nodes:
-                    self.metadata.brokers[broker] = dataclasses.replace(info, alive=False)
+                    self._store.set_broker_alive(broker, False)
                     self._broker_dead_since.setdefault(broker, now)
                     log.warning("broker %d (node %s) is dead", broker, info.node_id)
             for broker, info in self.metadata.brokers.items():
@@ -172,9 +157,9 @@ class FailoverMixin:
                     self._broker_dead_since.setdefault(broker, now)
             await self._decide(now, dict(self._reports))
             await self._reassign_dead_brokers(now)
-            self._report_partition_health()
+            self.report_partition_health()
 
-    def _report_partition_health(self) -> None:
+    def report_partition_health(self) -> None:
         """Per topic, the under-replicated (ISR smaller than the replica set) and offline (no leader)
         partitions of the metadata — what ``raystream status`` shows — as gauges (``raystream.metrics``;
         a deleted topic's go to 0 once, then away)."""
@@ -196,16 +181,16 @@ class FailoverMixin:
                             if not info.alive and b not in self._forgotten_brokers}
         for broker in dead_with_actors:
             self._forgotten_brokers.add(broker)
-            await self._forget_broker_replicas(broker)
+            await self.forget_broker_replicas(broker)
         known_nodes = {info.node_id for info in self.metadata.brokers.values() if info.alive}
         if alive_nodes <= known_nodes:
             return  # nothing new (dead nodes are handled by _check_once)
-        async with self._registration_lock_():
+        async with self._brokers.registration_lock():
             # Short timeout: an agent still starting answers on a later round (its claim goes on meanwhile).
-            await self._register_nodes(only_new=True, nodes=nodes,
-                                       timeout_s=2 * self.broker_config.replica_session_timeout_ms / 1000)
+            await self._brokers.register_nodes(only_new=True, nodes=nodes, on_change=self.brokers_changed,
+                                               timeout_s=2 * self.broker_config.replica_session_timeout_ms / 1000)
 
-    async def _brokers_changed(self, before: dict[int, Any]) -> None:
+    async def brokers_changed(self, before: dict[int, Any]) -> None:
         """After a registration (under the metadata lock; ``before``: the brokers as they were): a broker
         that came back gets its replicas; one whose data dir came back on another Ray node (a machine
         restarted before Ray declared the old node dead, or a dead node's directory claimed by a new node
@@ -215,55 +200,45 @@ class FailoverMixin:
         moved = {b for b in after & was_alive if self.metadata.brokers[b].node_id != before[b].node_id}
         for broker in moved:
             log.warning("broker %d moved to node %s", broker, self.metadata.brokers[broker].node_id)
-            await self._forget_broker_replicas(broker)
+            await self.forget_broker_replicas(broker)
         returned = after - (was_alive - moved)
         for broker in returned:
             log.info("broker %d is alive (again)", broker)
             self._broker_dead_since.pop(broker, None)
             self._forgotten_brokers.discard(broker)
         if returned:
-            await asyncio.gather(*(self._ensure_replicas(t, only_missing=True)
+            await asyncio.gather(*(self._replicas.ensure_replicas(t, only_missing=True)
                                    for t in list(self.metadata.topics.values())))
 
-    def _replica_created(self, key: tuple[str, int, int]) -> None:
-        """A replica actor was (re)created: until it first answers it counts as live for
-        ``replica.startup.timeout.ms`` (Ray starts worker processes a few at a time: the last replica of a
-        new topic may take far longer than a session to start); then a session from its last answer."""
-        self._dead_replicas.discard(key)
-        self._handles.pop(key, None)
-        now = time.monotonic()
-        self._last_heard[key] = now
-        self._starting[key] = now + self.broker_config.replica_startup_timeout_ms / 1000
-
-    async def _forget_broker_replicas(self, broker: int) -> None:
+    async def forget_broker_replicas(self, broker: int) -> None:
         """Kill (for good) every replica actor of ``broker`` and wait, bounded, until their names are free,
         so that replicas can be created again when the broker returns."""
         keys = [(topic.name, state.partition, broker) for topic in self.metadata.topics.values()
                 for state in topic.partitions.values() if broker in state.replicas]
         for key in keys:
-            handle = self._handles.pop(key, None)
-            self._dead_replicas.add(key)
+            handle = self._replicas.forget(key)
+            self._liveness.died(key)
             try:
-                ray.kill(handle or self._replica_handle(*key, create=False), no_restart=True)
+                ray.kill(handle or self._replicas.lookup(*key), no_restart=True)
             except Exception:  # already gone
                 pass
         deadline = time.monotonic() + self.broker_config.replica_session_timeout_ms / 1000 * 4
         while keys and time.monotonic() < deadline:
-            keys = [k for k in keys if self._replica_exists(*k)]
+            keys = [k for k in keys if self._replicas.exists(*k)]
             if keys:
                 await asyncio.sleep(0.05)
         if keys:
             log.warning("replica actors %s of broker %d still exist after being killed", keys, broker)
 
     # -- decisions (under the metadata lock) -----------------------------------------------------------------
-    async def _decide(self, now: float, reports: dict[tuple[str, int, int], tuple[Any, ...]]) -> None:
+    async def _decide(self, now: float, reports: dict[ReplicaKey, tuple[Any, ...]]) -> None:
         notify: list[tuple[PartitionState, set[int]]] = []
         resend: list[tuple[PartitionState, int]] = []
         for topic in list(self.metadata.topics.values()):
             unclean = TopicConfig.from_dict(topic.config).unclean_leader_election_enable
             for p in sorted(topic.partitions):
                 state = topic.partitions[p]
-                live = self._live_replicas(state, now)
+                live = self._liveness.live_replicas(state, now)
                 election = elect_leader(state, live, unclean)
                 if election is not None:
                     notify.append((self._apply_election(state, election), live))
@@ -272,7 +247,7 @@ class FailoverMixin:
                 if isr is not None:
                     log.warning("%s-%d: followers %s failed; ISR %s -> %s", state.topic, p,
                                 sorted(set(state.isr) - set(isr)), list(state.isr), list(isr))
-                    self._record(ClusterMetadata.partition_record(state, state.leader, state.leader_epoch, isr))
+                    self._store.record(ClusterMetadata.partition_record(state, state.leader, state.leader_epoch, isr))
                     notify.append((topic.partitions[p], live))
                     continue
                 restarted_leader = self._reconcile(state, live, reports, now, resend)
@@ -280,10 +255,10 @@ class FailoverMixin:
                     election = elect_leader(state, live, unclean, "leader holds no role", avoid=restarted_leader)
                     if election is not None:
                         notify.append((self._apply_election(state, election), live))
-        await asyncio.gather(*(self._notify_partition(s, live) for s, live in notify),
+        await asyncio.gather(*(self.notify_partition(s, live) for s, live in notify),
                              *(self._send_role_safely(s, b) for s, b in resend))
 
-    def _reconcile(self, state: PartitionState, live: set[int], reports: dict[tuple[str, int, int], tuple[Any, ...]],
+    def _reconcile(self, state: PartitionState, live: set[int], reports: dict[ReplicaKey, tuple[Any, ...]],
                    now: float, resend: list[tuple[PartitionState, int]]) -> int | None:
         """Replicas that missed their role (a send timed out, the controller crashed between recording and
         telling) get it again. A recorded leader that has held no role for a session timeout is returned:
@@ -309,22 +284,21 @@ class FailoverMixin:
         log.warning("%s-%d: %s; leader %d -> %d at epoch %d, ISR %s%s", state.topic, state.partition,
                     election.reason, state.leader, election.leader, election.leader_epoch, list(election.isr),
                     "" if election.clean else " (UNCLEAN: acknowledged records may be lost)")
-        self._record(ClusterMetadata.partition_record(state, election.leader, election.leader_epoch,
+        self._store.record(ClusterMetadata.partition_record(state, election.leader, election.leader_epoch,
                                                       election.isr))
         return self.metadata.topics[state.topic].partitions[state.partition]
 
-    async def _notify_partition(self, state: PartitionState, live: set[int] | None = None) -> None:
+    async def notify_partition(self, state: PartitionState, live: set[int] | None = None) -> None:
         """Tell the partition's replicas (only ``live`` ones when given: a failed replica would only make
         us wait; it learns its role when it rejoins or answers a heartbeat again)."""
         await asyncio.gather(*(self._send_role_safely(state, b) for b in state.replicas
-                               if (live is None or b in live) and self.metadata.brokers.get(b) is not None
-                               and self.metadata.brokers[b].alive))
+                               if (live is None or b in live) and self._store.broker_alive(b)))
 
     async def _send_role_safely(self, state: PartitionState, broker: int) -> None:
         key = (state.topic, state.partition, broker)
         try:
-            handle = self._cached_handle(key)
-            await asyncio.wait_for(self._send_role(handle, state, broker),
+            handle = self._replicas.cached(key)
+            await asyncio.wait_for(self._replicas.send_role(handle, state, broker),
                                    self.broker_config.replica_session_timeout_ms / 1000)
         except Exception as exc:  # the next heartbeat re-checks its role
             log.info("could not tell %s-%d on broker %d its role: %s", state.topic, state.partition, broker,
@@ -336,16 +310,15 @@ class FailoverMixin:
         yet. A restarted leader gives way to another in-sync replica (it lost the followers' progress); a
         replica that lost its data leaves the ISR first, so it can never be elected with an empty log.
         Returns the partition's state (None: this broker no longer holds a replica of it)."""
-        async with self._lock_():
+        async with self._store.lock():
             state = self.metadata.topics[topic].partitions.get(partition) if topic in self.metadata.topics \
                 else None
             if state is None or broker not in state.replicas:
                 return None
             key = (topic, partition, broker)
-            self._last_heard[key] = time.monotonic()
-            self._dead_replicas.discard(key)
-            self._handles.pop(key, None)
-            live = self._live_replicas(state, time.monotonic()) | {broker}
+            self._liveness.rejoined(key)
+            self._replicas.forget(key)
+            live = self._liveness.live_replicas(state, time.monotonic()) | {broker}
             if lost_data and broker in state.isr:
                 log.warning("%s-%d: replica on broker %d lost its log; removing it from the ISR", topic,
                             partition, broker)
@@ -357,7 +330,7 @@ class FailoverMixin:
                     state = self._apply_election(state, election)
                 if broker in state.isr:
                     isr = tuple(b for b in state.isr if b != broker)
-                    self._record(ClusterMetadata.partition_record(state, state.leader, state.leader_epoch, isr))
+                    self._store.record(ClusterMetadata.partition_record(state, state.leader, state.leader_epoch, isr))
                     state = self.metadata.topics[topic].partitions[partition]
             elif broker == state.leader:
                 unclean = TopicConfig.from_dict(self.metadata.topics[topic].config).unclean_leader_election_enable
@@ -366,7 +339,7 @@ class FailoverMixin:
                     state = self._apply_election(state, election)
             others = [b for b in state.replicas if b != broker]
             await asyncio.gather(*(self._send_role_safely(state, b) for b in others
-                                   if self.metadata.brokers.get(b) is not None and self.metadata.brokers[b].alive))
+                                   if self._store.broker_alive(b)))
             return state
 
     # -- re-replication -------------------------------------------------------------------------------------------
@@ -375,13 +348,11 @@ class FailoverMixin:
         overdue = {b for b, since in self._broker_dead_since.items() if now - since >= delay_s}
         # Ray may take a long while to declare a killed node dead; a broker none of whose replicas has
         # answered a heartbeat for the delay is just as gone.
-        last_answer: dict[int, float] = {}
-        for (_, _, broker), heard in self._last_heard.items():
-            last_answer[broker] = max(last_answer.get(broker, 0.0), heard)
+        last_answer = self._liveness.last_answer_per_broker()
         overdue |= {b for b, heard in last_answer.items() if now - heard >= delay_s}
         if not overdue:
             return
-        live = [b for b in self._live_brokers() if b not in overdue]
+        live = [b for b in self._store.live_brokers() if b not in overdue]
         load: dict[int, int] = {}
         for topic in self.metadata.topics.values():
             for state in topic.partitions.values():
@@ -401,14 +372,12 @@ class FailoverMixin:
                     replicas = tuple(new if b == dead else b for b in state.replicas)
                     log.warning("%s-%d: broker %d gone for over %.0f s; re-replicating its replica on broker %d",
                                 topic.name, p, dead, delay_s, new)
-                    self._record(ClusterMetadata.partition_record(state, state.leader, state.leader_epoch + 1,
+                    self._store.record(ClusterMetadata.partition_record(state, state.leader, state.leader_epoch + 1,
                                                                   state.isr, replicas))
                     load[new] = load.get(new, 0) + 1
-                    self._last_heard.pop((topic.name, p, dead), None)
-                    self._dead_replicas.discard((topic.name, p, dead))
-                    self._last_heard[(topic.name, p, new)] = now
+                    self._liveness.moved((topic.name, p, dead), (topic.name, p, new), now)
                     moved.append((topic, p))
         # Every decision is recorded; now start the new replicas and tell each partition, all at once
         # (a dead broker may have held hundreds of replicas).
-        await asyncio.gather(*(self._ensure_replicas(topic, [p], only_missing=True) for topic, p in moved))
-        await asyncio.gather(*(self._notify_partition(topic.partitions[p]) for topic, p in moved))
+        await asyncio.gather(*(self._replicas.ensure_replicas(topic, [p], only_missing=True) for topic, p in moved))
+        await asyncio.gather(*(self.notify_partition(topic.partitions[p]) for topic, p in moved))

@@ -1,6 +1,6 @@
 """The controller's group coordinator: consumer-group membership, assignments and committed offsets.
 
-Mixed into :class:`raystream.actors.controller.Controller`; the rules live in :mod:`raystream.core.group`
+One component of :class:`raystream.actors.controller.Controller`; the rules live in :mod:`raystream.core.group`
 (one :class:`~raystream.core.group.GroupMetadata` per group) and the assignors in
 :mod:`raystream.core.assignors`. The coordinator assigns partitions itself (server side), so a join
 returns the member's assignment directly: ``join_group`` is Kafka's JoinGroup + SyncGroup in one call. It
@@ -12,8 +12,9 @@ topic — keyed by (group, topic, partition), so they survive a controller resta
 not (members rejoin when their heartbeat fails, as after a Kafka coordinator move). Offsets of a group
 that has been empty for ``offsets.retention.minutes`` are deleted.
 
-Concurrency: runs on the controller's event loop; no ``await`` between reading and changing a group, so
-group operations need no lock (they never touch the metadata lock either).
+Concurrency contract: runs on the controller actor's event loop (its ticks and lag gauges as two tasks
+started by :meth:`GroupCoordinator.start`); no ``await`` between reading and changing a group, so group
+operations need no lock (they never touch the metadata lock either, and only read the metadata).
 """
 
 from __future__ import annotations
@@ -25,10 +26,15 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from raystream import metrics
+from raystream.actors.replica_handles import ReplicaHandles
 from raystream.clock import now_ms as _now_ms
+from raystream.config import BrokerConfig
 from raystream.core.assignors import Subscription
-from raystream.core.group import GroupMetadata, GroupState, JoinCompletion
+from raystream.core.group import GroupMetadata, GroupState
+from raystream.core.group_results import JoinCompletion
 from raystream.core.lag import consumer_lag
+from raystream.core.metadata import ClusterMetadata
 from raystream.errors import GroupIdNotFoundError, GroupNotEmptyError, UnknownMemberIdError
 from raystream.protocol import LATEST, TopicPartition
 from raystream.storage.compacted_map import CompactedMap
@@ -41,11 +47,17 @@ _LAG_CALLS_IN_FLIGHT_MAX = 64  # ListOffsets calls to leaders at once while comp
 
 
 
-class GroupCoordinatorMixin:
-    """Consumer groups (see the module docstring). Needs the controller's ``metadata``, ``_dir`` parent,
-    ``broker_config`` and (for the lag gauges) ``_cached_handle`` and ``_gauges``."""
+class GroupCoordinator:
+    """Consumer groups (see the module docstring)."""
 
-    def _init_groups(self, root: Path) -> None:
+    def __init__(self, root: Path, metadata: ClusterMetadata, broker_config: BrokerConfig,
+                 replicas: ReplicaHandles | None, gauges: metrics.ControllerGauges) -> None:
+        """``root``: ``<data_dir>/<cluster>``; ``metadata``: read only (topics and their partition counts);
+        ``replicas``: where the lag gauges ask leaders for high watermarks."""
+        self.metadata = metadata
+        self.broker_config = broker_config
+        self._replicas = replicas
+        self._gauges = gauges
         self._groups: dict[str, GroupMetadata] = {}
         self._join_waiters: dict[str, dict[str, asyncio.Future]] = {}
         self._empty_since_ms: dict[str, int] = {}
@@ -54,11 +66,30 @@ class GroupCoordinatorMixin:
         # Each group's last generation id (Kafka keeps it in its GroupMetadata records of __consumer_offsets):
         # a restarted coordinator continues from it, so no generation id is ever handed out twice.
         self._generations = CompactedMap(root / GENERATIONS_DIR, clock=_now_ms)
+        self._group_task: asyncio.Task | None = None
+        self._lag_task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        """Start the group ticks and the lag gauges on the running event loop (none outside one)."""
         try:
             self._group_task = asyncio.get_running_loop().create_task(self._group_loop())
-            self._lag_task: asyncio.Task | None = asyncio.get_running_loop().create_task(self._lag_loop())
+            self._lag_task = asyncio.get_running_loop().create_task(self._lag_loop())
         except RuntimeError:  # not on an event loop (constructed in a unit test)
             self._group_task = self._lag_task = None
+
+    def close(self) -> None:
+        """Stop the loops and close the committed-offsets and group-generation logs."""
+        for task in (self._group_task, self._lag_task):
+            if task is not None:
+                task.cancel()
+        self._offsets.close()
+        self._generations.close()
+
+    def complete_txn_offsets(self, offsets: dict[str, list[list[Any]]], now_ms: int) -> None:
+        """A committed transaction's group offsets (group -> [[topic, partition, offset, metadata]]) become
+        the groups' committed offsets (Kafka's GroupCoordinator.onTransactionCompleted)."""
+        self._offsets.update({(group, t, p): [o, m, now_ms] for group, entries in offsets.items()
+                              for t, p, o, m in entries})
 
     def _group(self, group_id: str, create: bool = False) -> GroupMetadata | None:
         group = self._groups.get(group_id)
@@ -180,13 +211,13 @@ class GroupCoordinatorMixin:
         while True:
             await asyncio.sleep(interval_s)
             try:
-                await self._report_group_lag()
+                await self.report_group_lag()
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("group lag metrics failed")
 
-    async def _report_group_lag(self) -> None:
+    async def report_group_lag(self) -> None:
         """The lag ``describe_group`` shows (committed offsets here, each leader's high watermark, one
         :func:`~raystream.core.lag.consumer_lag`), summed per (group, topic) over its partitions with a
         committed offset. A (group, topic) with a partition whose lag is unknown this round (no leader, or
@@ -217,7 +248,7 @@ class GroupCoordinatorMixin:
                 return None
             async with in_flight:
                 try:
-                    handle = self._cached_handle((tp.topic, tp.partition, state.leader))
+                    handle = self._replicas.cached((tp.topic, tp.partition, state.leader))
                     return await asyncio.wait_for(handle.list_offset.remote(LATEST), timeout_s)
                 except Exception:  # leader moving, restarting or gone: unknown this round
                     return None

@@ -21,8 +21,10 @@ InvalidProducerEpochError at the partition leaders. Markers go to each partition
 changes until ``transaction.marker.timeout.ms``; an open transaction older than its
 ``transaction.timeout.ms`` is aborted by the coordinator (with an epoch bump, as Kafka does).
 
-Concurrency: mixed into the async controller actor; one ``asyncio.Lock`` per transactional id orders the
-calls for it, so a commit and a timeout abort never interleave; different ids proceed concurrently.
+Concurrency contract: a component of the async controller actor, on its event loop (the timeout checks as
+one task, started by :meth:`TransactionCoordinator.start`); one ``asyncio.Lock`` per transactional id orders
+the calls for it, so a commit and a timeout abort never interleave; different ids proceed concurrently. It
+never takes the metadata lock (it only reads topics, and producer ids need none).
 """
 
 from __future__ import annotations
@@ -35,14 +37,18 @@ from typing import Any
 
 import ray
 
+from raystream.actors.groups import GroupCoordinator
+from raystream.actors.metadata_store import MetadataStore
+from raystream.actors.replica_handles import ReplicaHandles
 from raystream.clock import now_ms
+from raystream.config import BrokerConfig
 from raystream.errors import (
     InvalidTxnStateError,
     ProducerFencedError,
     RaystreamError,
     RequestTimeoutError,
 )
-from raystream.protocol import ACTOR_NAMESPACE, TopicPartition, replica_actor_name
+from raystream.protocol import TopicPartition
 from raystream.record import MAX_PRODUCER_EPOCH
 from raystream.storage.compacted_map import CompactedMap
 
@@ -76,26 +82,38 @@ class TransactionState:
     updated_ms: int = -1
 
 
-class TransactionCoordinatorMixin:
+class TransactionCoordinator:
     """``init_transactions``, ``add_partitions_to_txn``, ``add_offsets_to_txn``, ``end_txn``; see the module
-    docstring. Uses the controller's ``metadata``, ``_next_producer_id`` and its group coordinator's
-    offset store (``_offsets``)."""
+    docstring."""
 
-    def _init_transactions(self, root: Path) -> None:
+    def __init__(self, root: Path, store: MetadataStore, groups: GroupCoordinator, replicas: ReplicaHandles,
+                 broker_config: BrokerConfig) -> None:
+        """``root``: ``<data_dir>/<cluster>``; ``store``: topics and producer ids; ``groups``: where a
+        committed transaction's offsets go; ``replicas``: the leaders that take the markers."""
+        self._store = store
+        self.metadata = store.metadata
+        self._groups = groups
+        self._replicas = replicas
+        self.broker_config = broker_config
         self._txn_store = CompactedMap(root / TXN_STATE_DIR, clock=now_ms)
+        self._txn_locks: dict[str, asyncio.Lock] = {}
+        self._txn_timeouts: asyncio.Task | None = None
 
-    def _start_transaction_coordinator(self) -> None:
+    def start(self) -> None:
         """Start the timeout checks (which also finish transactions a restarted controller found prepared).
         Idempotent; call on the actor's event loop."""
-        if "_txn_timeouts" not in self.__dict__:
+        if self._txn_timeouts is None:
             self._txn_timeouts = asyncio.get_running_loop().create_task(self._txn_timeout_loop())
 
+    def close(self) -> None:
+        """Close the transaction log (what the controller process's death releases)."""
+        self._txn_store.close()
+
     def _txn_lock(self, transactional_id: str) -> asyncio.Lock:
-        self._start_transaction_coordinator()
-        locks = self.__dict__.setdefault("_txn_locks", {})
-        if transactional_id not in locks:
-            locks[transactional_id] = asyncio.Lock()
-        return locks[transactional_id]
+        self.start()
+        if transactional_id not in self._txn_locks:
+            self._txn_locks[transactional_id] = asyncio.Lock()
+        return self._txn_locks[transactional_id]
 
     def _txn(self, transactional_id: str) -> TransactionState | None:
         record = self._txn_store.get(transactional_id)
@@ -130,7 +148,7 @@ class TransactionCoordinatorMixin:
         async with self._txn_lock(transactional_id):
             txn = self._txn(transactional_id)
             if txn is None:
-                txn = TransactionState(transactional_id, self._next_producer_id(), 0, timeout_ms=timeout_ms)
+                txn = TransactionState(transactional_id, self._store.next_producer_id(), 0, timeout_ms=timeout_ms)
             else:
                 if txn.state == ONGOING:  # abort it under the new epoch: its markers fence the old instance
                     self._bump_epoch(txn)
@@ -193,7 +211,7 @@ class TransactionCoordinatorMixin:
     # -- inside -----------------------------------------------------------------------------------------------
     def _bump_epoch(self, txn: TransactionState) -> None:
         if txn.producer_epoch >= MAX_PRODUCER_EPOCH - 1:  # epochs used up: continue as a new producer id
-            txn.producer_id, txn.producer_epoch = self._next_producer_id(), 0
+            txn.producer_id, txn.producer_epoch = self._store.next_producer_id(), 0
         else:
             txn.producer_epoch += 1
 
@@ -213,9 +231,7 @@ class TransactionCoordinatorMixin:
         commit = txn.state == PREPARE_COMMIT
         await asyncio.gather(*(self._write_marker(TopicPartition(t, p), txn, commit) for t, p in txn.partitions))
         if commit:
-            now = now_ms()
-            self._offsets.update({(group, t, p): [o, m, now] for group, entries in txn.offsets.items()
-                                  for t, p, o, m in entries})
+            self._groups.complete_txn_offsets(txn.offsets, now_ms())
         txn.state = COMPLETE_COMMIT if commit else COMPLETE_ABORT
         txn.partitions, txn.offsets = [], {}
         log.info("transaction of %r (producer %d epoch %d) %s", txn.transactional_id, txn.producer_id,
@@ -228,19 +244,15 @@ class TransactionCoordinatorMixin:
             if topic is None or tp.partition not in topic.partitions:
                 return  # deleted meanwhile: nothing left to mark
             leader = topic.partitions[tp.partition].leader
-            handles = self.__dict__.setdefault("_marker_handles", {})
             key = (tp.topic, tp.partition, leader)
             try:
                 if leader < 0:
                     raise RequestTimeoutError(f"{tp} has no leader")
-                if key not in handles:  # a name lookup is a GCS round trip: once per replica
-                    handles[key] = ray.get_actor(replica_actor_name(self.cluster, tp.topic, tp.partition, leader),
-                                                 namespace=ACTOR_NAMESPACE)
-                await handles[key].write_txn_marker.remote(txn.producer_id, txn.producer_epoch, commit,
-                                                           self.broker_config.request_timeout_ms)
+                await self._replicas.cached(key).write_txn_marker.remote(txn.producer_id, txn.producer_epoch, commit,
+                                                                         self.broker_config.request_timeout_ms)
                 return
             except (RaystreamError, ray.exceptions.RayError, ValueError) as exc:
-                handles.pop(key, None)
+                self._replicas.forget(key)
                 if now_ms() >= deadline:
                     raise RequestTimeoutError(f"transaction marker for {tp} not written within "
                                               f"{TRANSACTION_MARKER_TIMEOUT_MS} ms: {exc}") from None

@@ -46,9 +46,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import random
-import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from raystream.core.assignors import (
     ASSIGNORS,
@@ -57,6 +55,17 @@ from raystream.core.assignors import (
     Subscription,
     common_protocols,
     select_protocol,
+)
+from raystream.core.group_results import (
+    GroupSnapshot,
+    HeartbeatResult,
+    JoinCompletion,
+    JoinResult,
+    Member,
+    MemberIdFactory,
+    MemberSnapshot,
+    PollResult,
+    SyncResult,
 )
 from raystream.errors import (
     CommitFailedError,
@@ -71,9 +80,6 @@ from raystream.protocol import TopicPartition
 
 #: Kafka's group.initial.rebalance.delay.ms default.
 DEFAULT_INITIAL_REBALANCE_DELAY_MS = 3_000
-
-MemberIdFactory = Callable[[str], str]  # client_id -> a new, unique member id
-
 
 class GroupState(enum.Enum):
     EMPTY = "Empty"
@@ -91,98 +97,6 @@ _VALID_PREVIOUS: dict[GroupState, frozenset[GroupState]] = {
     GroupState.EMPTY: frozenset({GroupState.PREPARING_REBALANCE}),
     GroupState.DEAD: frozenset(GroupState),
 }
-
-
-def random_member_ids(rng: random.Random) -> MemberIdFactory:
-    """Kafka-style member ids ``<client_id>-<uuid4>`` drawn from ``rng`` (seed it for reproducibility)."""
-    return lambda client_id: f"{client_id or 'consumer'}-{uuid.UUID(int=rng.getrandbits(128), version=4)}"
-
-
-@dataclasses.dataclass
-class Member:
-    """One member as the coordinator knows it (mutable; read it through :meth:`GroupMetadata.describe`)."""
-
-    member_id: str
-    group_instance_id: str | None
-    client_id: str
-    protocols: tuple[str, ...]
-    subscription: Subscription
-    session_timeout_ms: int
-    rebalance_timeout_ms: int
-    last_heartbeat_ms: int
-    assignment: tuple[TopicPartition, ...] = ()  # of the current generation
-    owned: tuple[TopicPartition, ...] = ()  # what the member was last told by sync
-    joined: bool = False  # has (re)joined the running join phase
-
-
-@dataclasses.dataclass(frozen=True)
-class JoinResult:
-    """``awaiting``: the join phase is running — the member's answer is the next :class:`JoinCompletion`.
-    Otherwise the member is in the current generation at once and may ``sync``."""
-
-    member_id: str
-    generation_id: int
-    protocol: str | None
-    leader_id: str | None
-    awaiting: bool
-
-
-@dataclasses.dataclass(frozen=True)
-class JoinCompletion:
-    """The answer to every awaiting join: the new generation. ``subscriptions`` is for a leader that
-    assigns (``server_assignment`` False); ``revoked`` partitions wait for the cooperative follow-up."""
-
-    generation_id: int
-    protocol: str | None
-    leader_id: str | None
-    members: tuple[str, ...]
-    subscriptions: Mapping[str, Subscription]
-    server_assignment: bool
-    revoked: frozenset[TopicPartition] = frozenset()
-
-
-@dataclasses.dataclass(frozen=True)
-class SyncResult:
-    """``assignment`` None: the leader has not sent the assignment yet (sync again once it has).
-    ``revoked``: partitions the member was last told it owns and must now give up. ``rejoin``: a rebalance
-    has started (the cooperative follow-up); rejoin after revoking."""
-
-    generation_id: int
-    protocol: str | None
-    assignment: tuple[TopicPartition, ...] | None
-    revoked: tuple[TopicPartition, ...] = ()
-    rejoin: bool = False
-
-
-@dataclasses.dataclass(frozen=True)
-class HeartbeatResult:
-    rebalance_in_progress: bool  # the member must rejoin
-
-
-@dataclasses.dataclass(frozen=True)
-class PollResult:
-    expired: tuple[str, ...]  # members removed by session, rebalance or sync timeout
-    completion: JoinCompletion | None  # the join phase just completed
-    next_deadline_ms: int | None  # call poll again at the latest then
-
-
-@dataclasses.dataclass(frozen=True)
-class MemberDescription:
-    member_id: str
-    group_instance_id: str | None
-    client_id: str
-    topics: tuple[str, ...]
-    assignment: tuple[TopicPartition, ...]
-
-
-@dataclasses.dataclass(frozen=True)
-class GroupDescription:
-    group_id: str
-    state: GroupState
-    generation_id: int
-    protocol: str | None
-    leader_id: str | None
-    members: tuple[MemberDescription, ...]
 
 
 def _metadata(protocols: Sequence[str], subscription: Subscription) -> tuple:
@@ -236,11 +150,11 @@ class GroupMetadata:
     def subscribed_topics(self) -> set[str]:
         return {t for m in self._members.values() for t in m.subscription.topics}
 
-    def describe(self) -> GroupDescription:
+    def describe(self) -> GroupSnapshot:
         members = tuple(
-            MemberDescription(m.member_id, m.group_instance_id, m.client_id, tuple(m.subscription.topics),
+            MemberSnapshot(m.member_id, m.group_instance_id, m.client_id, tuple(m.subscription.topics),
                               m.assignment) for m in self._members.values())
-        return GroupDescription(self.group_id, self.state, self.generation_id, self.protocol,
+        return GroupSnapshot(self.group_id, self.state, self.generation_id, self.protocol,
                                 self.leader_id, members)
 
     # -- requests ----------------------------------------------------------------------------------------

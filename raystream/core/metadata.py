@@ -1,8 +1,10 @@
 """The controller's metadata as a state machine over records (Kafka's KRaft metadata records, simplified).
 
-Every change is a record — a plain dict that msgpack can store — applied by :meth:`ClusterMetadata.apply`.
-The controller appends each record to its metadata log *before* applying it, and replays the log on
-restart, so the state after a restart equals the state before the crash.
+Every change is a record — a plain dict that msgpack can store — applied by :meth:`ClusterMetadata.apply`
+and built by the ``*_record`` constructors below (the only place a record's shape is written down besides
+``apply``). The controller appends each record to its metadata log (:mod:`raystream.storage.metadata_log`)
+*before* applying it, and replays the log on restart, so the state after a restart equals the state before
+the crash.
 
 Record types::
 
@@ -128,3 +130,27 @@ class ClusterMetadata:
         if replicas is not None:
             record["replicas"] = list(replicas)
         return record
+
+    @staticmethod
+    def partitions_record(name: str, assignment: dict[int, tuple[int, ...]]) -> dict[str, Any]:
+        return {"t": "partitions", "name": name, "assignment": {p: list(r) for p, r in assignment.items()}}
+
+    @staticmethod
+    def config_record(name: str, config: dict[str, Any]) -> dict[str, Any]:
+        return {"t": "config", "name": name, "config": config}
+
+    @staticmethod
+    def schema_record(name: str, schema: bytes, schema_id: int) -> dict[str, Any]:
+        return {"t": "schema", "name": name, "schema": schema, "schema_id": schema_id}
+
+    @staticmethod
+    def delete_record(name: str) -> dict[str, Any]:
+        return {"t": "delete", "name": name}
+
+    @staticmethod
+    def producer_ids_record(next_id: int) -> dict[str, Any]:
+        return {"t": "producer_ids", "next": next_id}
+
+    @staticmethod
+    def replay_producer_record(replay_id: str, producer_id: int, at_ms: int) -> dict[str, Any]:
+        return {"t": "replay_producer", "id": replay_id, "pid": producer_id, "at": at_ms}

@@ -24,7 +24,8 @@ from raystream.core.assignors import (
     member_order,
     sticky_assign,
 )
-from raystream.core.group import GroupMetadata, GroupState, random_member_ids
+from raystream.core.group import GroupMetadata, GroupState
+from raystream.core.group_results import random_member_ids
 from raystream.errors import IllegalGenerationError, RebalanceInProgressError, UnknownMemberIdError
 from raystream.protocol import TopicPartition
 

@@ -1,6 +1,6 @@
 """Property: the real consumer and group-member code against the real group coordinator, in one process.
 
-No Ray: the coordinator (:class:`raystream.actors.groups.GroupCoordinatorMixin`, its rules in
+No Ray: the coordinator (:class:`raystream.actors.groups.GroupCoordinator`, its rules in
 :mod:`raystream.core.group`) runs on an asyncio loop in a thread of this process, with its committed
 offsets in a real compacted log on disk; the consumers (``raystream.Consumer`` with their heartbeat threads)
 reach it through an in-process transport whose partitions are the unit tests' fake logs. Hypothesis draws
@@ -28,7 +28,8 @@ from hypothesis import strategies as st
 sys.path.insert(0, str(Path(__file__).parents[1] / "unit" / "client"))
 from fake_transport import FakeTransport  # noqa: E402
 
-from raystream.actors.groups import GroupCoordinatorMixin  # noqa: E402
+from raystream import metrics  # noqa: E402
+from raystream.actors.groups import GroupCoordinator  # noqa: E402
 from raystream.client.consumer import Consumer  # noqa: E402
 from raystream.client.producer import Producer  # noqa: E402
 from raystream.config import BrokerConfig  # noqa: E402
@@ -41,7 +42,7 @@ MEMBER = {"session_timeout_ms": 1000, "heartbeat_interval_ms": 100, "max_poll_in
           "retry_backoff_ms": 20}
 
 
-class InProcessCoordinator(GroupCoordinatorMixin):
+class InProcessCoordinator:
     """The controller's group coordinator alone, on its own event loop thread."""
 
     def __init__(self, root: Path, topics: dict[str, int]) -> None:
@@ -49,30 +50,29 @@ class InProcessCoordinator(GroupCoordinatorMixin):
                                                 for name, n in topics.items()})
         self.broker_config = BrokerConfig.from_dict({"group.initial.rebalance.delay.ms": 0,
                                                      "metrics.group.lag.interval.ms": 3_600_000})
+        self.coordinator: GroupCoordinator | None = None
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True, name="coordinator")
         self._thread.start()
         asyncio.run_coroutine_threadsafe(self._start(root), self.loop).result(10)
 
     async def _start(self, root: Path) -> None:
-        self._init_groups(root)
+        self.coordinator = GroupCoordinator(root, self.metadata, self.broker_config, None, metrics.ControllerGauges())
+        self.coordinator.start()
 
     def submit(self, method: str, *args):
-        return asyncio.run_coroutine_threadsafe(getattr(self, method)(*args), self.loop)
+        return asyncio.run_coroutine_threadsafe(getattr(self.coordinator, method)(*args), self.loop)
 
     def assignments(self) -> list[tuple]:
         """The coordinator's current assignment per member (read on its loop: a consistent snapshot)."""
         async def read():
-            group = self._groups.get(GROUP)
+            group = self.coordinator._groups.get(GROUP)
             return [] if group is None else [m.assignment for m in group.members.values()]
         return asyncio.run_coroutine_threadsafe(read(), self.loop).result(10)
 
     def stop(self) -> None:
         async def cancel():
-            for task in (self._group_task, self._lag_task):
-                task.cancel()
-            self._offsets.close()
-            self._generations.close()
+            self.coordinator.close()  # cancels its tasks, closes its logs
         asyncio.run_coroutine_threadsafe(cancel(), self.loop).result(10)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)

@@ -46,8 +46,8 @@ def controller(tmp_path, monkeypatch):
     async def no_replicas(*args, **kwargs):
         return None
 
-    monkeypatch.setattr(controller, "_ensure_replicas", no_replicas)
-    monkeypatch.setattr(controller, "_broker_agent", lambda node_id: controller.agents[node_id])
+    monkeypatch.setattr(controller.replicas, "ensure_replicas", no_replicas)
+    monkeypatch.setattr(controller.brokers, "agent", lambda node_id: controller.agents[node_id])
     yield controller
     controller._close_logs()
     for agent in controller.agents.values():
@@ -72,7 +72,7 @@ def test_nodes_sharing_one_data_dir_are_distinct_brokers_and_create_topic_sees_a
     monkeypatch.setattr("ray.nodes", lambda: alive)
 
     async def scenario():
-        await controller._register_nodes(only_new=False)
+        await controller.brokers.register_nodes(only_new=False, on_change=controller.monitor.brokers_changed)
         assert sorted(controller.metadata.brokers) == [0]
         alive.extend(nodes("b", "c"))  # joined since: create_topic registers them before placing
         topic = await controller.create_topic("t", partitions=2, replication_factor=3)
@@ -94,7 +94,7 @@ def test_create_topic_probes_no_node_when_every_node_is_a_broker(controller, tmp
     monkeypatch.setattr("ray.nodes", lambda: nodes("a", "b"))
 
     async def scenario():
-        await controller._register_nodes(only_new=False)
+        await controller.brokers.register_nodes(only_new=False, on_change=controller.monitor.brokers_changed)
         before = {i: list(a.proposals) for i, a in controller.agents.items()}
         await controller.create_topic("t", partitions=1, replication_factor=2)
         assert {i: a.proposals for i, a in controller.agents.items()} == before
@@ -108,17 +108,17 @@ def test_a_node_that_does_not_answer_is_left_out_and_its_proposed_id_is_never_re
     add_agents(controller, root, "a")
     add_agents(controller, root, "slow", hang=True)
     monkeypatch.setattr("ray.nodes", lambda: nodes("a", "slow"))
-    controller.broker_config = type(controller.broker_config).from_dict({"broker.registration.timeout.ms": 200})
+    controller.brokers.broker_config = type(controller.broker_config).from_dict({"broker.registration.timeout.ms": 200})
 
     async def scenario():
-        await controller._register_nodes(only_new=False)
+        await controller.brokers.register_nodes(only_new=False, on_change=controller.monitor.brokers_changed)
         topic = await controller.create_topic("t", partitions=1, replication_factor=1)  # waits 0.2 s, goes on
         assert topic.partitions[0].replicas == (0,)
         slow = controller.agents["slow"]
         slow.hang = False
         add_agents(controller, root, "new")
         monkeypatch.setattr("ray.nodes", lambda: nodes("a", "slow", "new"))
-        await controller._register_nodes(only_new=True)
+        await controller.brokers.register_nodes(only_new=True, on_change=controller.monitor.brokers_changed)
         return slow.proposals
 
     proposals = asyncio.run(scenario())
@@ -133,16 +133,16 @@ def test_a_node_that_does_not_answer_is_left_out_and_its_proposed_id_is_never_re
 
 def test_registration_semantics(controller):
     c = controller
-    c._apply_registration(nodes("a", "b"), [(0, "/d", "/d/c/broker-0"), (1, "/d", "/d/c/broker-1")])
+    c.brokers.apply_registration(nodes("a", "b"), [(0, "/d", "/d/c/broker-0"), (1, "/d", "/d/c/broker-1")])
     assert {b: (i.node_id, i.alive) for b, i in c.metadata.brokers.items()} == {0: ("a", True), 1: ("b", True)}
     # a partial probe leaves brokers of other nodes as they are; a timeout keeps a known broker alive
-    c._apply_registration(nodes("b"), [TimeoutError()], full=False)
+    c.brokers.apply_registration(nodes("b"), [TimeoutError()], full=False)
     assert all(i.alive for i in c.metadata.brokers.values())
     # two nodes answer with one broker id (a copied data dir): the node it is recorded on keeps it
-    c._apply_registration(nodes("x", "a"), [(0, "/e", "/e/c/broker-0"), (0, "/d", "/d/c/broker-0")], full=False)
+    c.brokers.apply_registration(nodes("x", "a"), [(0, "/e", "/e/c/broker-0"), (0, "/d", "/d/c/broker-0")], full=False)
     assert (c.metadata.brokers[0].node_id, c.metadata.brokers[0].log_dir) == ("a", "/d/c/broker-0")
     # a full probe: brokers on nodes no longer alive are dead
-    c._apply_registration(nodes("a"), [(0, "/d", "/d/c/broker-0")])
+    c.brokers.apply_registration(nodes("a"), [(0, "/d", "/d/c/broker-0")])
     assert {b: i.alive for b, i in c.metadata.brokers.items()} == {0: True, 1: False}
 
 
@@ -166,21 +166,21 @@ def test_broker_records_before_broker_directories_mean_the_cluster_root(tmp_path
 def test_a_just_created_replica_counts_as_live_while_it_starts(controller):
     """Starting a replica's process can take longer than a session (Ray starts workers a few at a time)."""
     c = controller
-    c._apply_registration(nodes("a"), [(0, "/d", "/d/c/broker-0")])
-    c._record(ClusterMetadata.topic_record("t", {}, None, None, {0: (0,)}))
+    c.brokers.apply_registration(nodes("a"), [(0, "/d", "/d/c/broker-0")])
+    c.store.record(ClusterMetadata.topic_record("t", {}, None, None, {0: (0,)}))
     state = c.metadata.topics["t"].partitions[0]
     key = ("t", 0, 0)
-    c._replica_created(key)
-    created = c._last_heard[key]
+    c.liveness.created(key)
+    created = c.liveness.last_heard[key]
     session = c.broker_config.replica_session_timeout_ms / 1000
-    assert c._live_replicas(state, created + 3 * session) == {0}  # never answered: still starting
+    assert c.liveness.live_replicas(state, created + 3 * session) == {0}  # never answered: still starting
     startup = c.broker_config.replica_startup_timeout_ms / 1000
-    assert c._live_replicas(state, created + startup + 1) == set()  # never came up
+    assert c.liveness.live_replicas(state, created + startup + 1) == set()  # never came up
 
     async def answer(key, timeout_s):
         return ("leader", 0)
 
-    c._heartbeat = answer
-    asyncio.run(c._heartbeat_into(key, 1.0))  # its first answer ends the grace: a session from then on
-    assert c._live_replicas(state, c._last_heard[key] + session / 2) == {0}
-    assert c._live_replicas(state, c._last_heard[key] + 2 * session) == set()
+    c.monitor._heartbeat = answer
+    asyncio.run(c.monitor._heartbeat_into(key, 1.0))  # its first answer ends the grace: a session from then on
+    assert c.liveness.live_replicas(state, c.liveness.last_heard[key] + session / 2) == {0}
+    assert c.liveness.live_replicas(state, c.liveness.last_heard[key] + 2 * session) == set()

@@ -123,14 +123,14 @@ def test_gauges_are_sent_again_before_ray_drops_them(recorded, monkeypatch):
 
 def controller_with_topic(tmp_path, partitions: int = 2) -> Controller:
     controller = Controller("c", str(tmp_path))
-    controller._record(ClusterMetadata.topic_record("t", {}, None, None,
+    controller.store.record(ClusterMetadata.topic_record("t", {}, None, None,
                                                     {p: (0, 1, 2) for p in range(partitions)}))
     return controller
 
 
 def set_partition(controller: Controller, partition: int, leader: int, isr: tuple[int, ...]) -> None:
     state = controller.metadata.topics["t"].partitions[partition]
-    controller._record(ClusterMetadata.partition_record(state, leader, state.leader_epoch + 1, isr))
+    controller.store.record(ClusterMetadata.partition_record(state, leader, state.leader_epoch + 1, isr))
 
 
 def test_every_recorded_isr_change_counts_as_shrink_or_expand(recorded, tmp_path):
@@ -147,13 +147,13 @@ def test_every_recorded_isr_change_counts_as_shrink_or_expand(recorded, tmp_path
 
 def test_partition_health_gauges_follow_the_metadata(recorded, tmp_path):
     controller = controller_with_topic(tmp_path, partitions=3)
-    controller._report_partition_health()
+    controller.monitor.report_partition_health()
     set_partition(controller, 0, 0, (0, 1))
     set_partition(controller, 1, -1, (1,))  # offline (and under-replicated)
-    controller._report_partition_health()
-    controller._report_partition_health()  # unchanged: nothing sent
-    controller._record({"t": "delete", "name": "t"})
-    controller._report_partition_health()
+    controller.monitor.report_partition_health()
+    controller.monitor.report_partition_health()  # unchanged: nothing sent
+    controller.store.record({"t": "delete", "name": "t"})
+    controller.monitor.report_partition_health()
     assert recorded.under_replicated.calls == [(0, {"topic": "t"}), (2, {"topic": "t"}), (0, {"topic": "t"})]
     assert recorded.offline.calls == [(0, {"topic": "t"}), (1, {"topic": "t"}), (0, {"topic": "t"})]
     controller._close_logs()
@@ -175,23 +175,23 @@ def test_group_lag_gauge_uses_the_leaders_high_watermarks(recorded, tmp_path):
                 raise TimeoutError("leader restarting")
             return high_watermarks[self.key]
 
-    controller._cached_handle = Handle
+    controller.replicas.cached = Handle
     commit = {TopicPartition("t", 0): (40, ""), TopicPartition("t", 1): (30, "")}
     asyncio.run(controller.commit_offsets("billing", "", -1, commit))
-    asyncio.run(controller._report_group_lag())
+    asyncio.run(controller.groups.report_group_lag())
     assert recorded.group_lag.calls == [(60, {"group": "billing", "topic": "t"})]
     assert {spec for _, spec in asked} == {-1}  # LATEST: the high watermark, as describe_group asks
 
-    asyncio.run(controller._report_group_lag())  # unchanged: nothing sent
+    asyncio.run(controller.groups.report_group_lag())  # unchanged: nothing sent
     high_watermarks[("t", 0, 0)] = None  # partition 0's lag unknown this round: the gauge keeps 60
-    asyncio.run(controller._report_group_lag())
+    asyncio.run(controller.groups.report_group_lag())
     high_watermarks[("t", 0, 0)] = 110
-    asyncio.run(controller._report_group_lag())
+    asyncio.run(controller.groups.report_group_lag())
     assert recorded.group_lag.values() == [60, 70]
 
     asyncio.run(controller.delete_group("billing"))  # no committed offsets any more: 0, once
-    asyncio.run(controller._report_group_lag())
-    asyncio.run(controller._report_group_lag())
+    asyncio.run(controller.groups.report_group_lag())
+    asyncio.run(controller.groups.report_group_lag())
     assert recorded.group_lag.values() == [60, 70, 0]
     controller._close_logs()
 

@@ -10,7 +10,8 @@ import random
 import pytest
 
 from raystream.core.assignors import Subscription
-from raystream.core.group import GroupMetadata, GroupState, random_member_ids
+from raystream.core.group import GroupMetadata, GroupState
+from raystream.core.group_results import random_member_ids
 from raystream.errors import (
     CommitFailedError,
     GroupIdNotFoundError,
