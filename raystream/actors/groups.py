@@ -30,7 +30,7 @@ from raystream.core.assignors import Subscription
 from raystream.core.group import GroupMetadata, GroupState, JoinCompletion
 from raystream.core.lag import consumer_lag
 from raystream.errors import GroupIdNotFoundError, GroupNotEmptyError, UnknownMemberIdError
-from raystream.protocol import LATEST, TopicPartition
+from raystream.protocol import LATEST, ListOffsetsRequest, TopicPartition
 from raystream.storage.compacted_map import CompactedMap
 
 log = logging.getLogger(__name__)
@@ -218,7 +218,7 @@ class GroupCoordinatorMixin:
             async with in_flight:
                 try:
                     handle = self._cached_handle((tp.topic, tp.partition, state.leader))
-                    return await asyncio.wait_for(handle.list_offset.remote(LATEST), timeout_s)
+                    return await asyncio.wait_for(handle.list_offset.remote(ListOffsetsRequest(LATEST)), timeout_s)
                 except Exception:  # leader moving, restarting or gone: unknown this round
                     return None
 
