@@ -186,6 +186,18 @@ class ReplicaDescription:
     log_dir: str
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class ReplicaStatus:
+    """A follower's answer to the leader's KIP-101/279 handshake: its log end, its leader-epoch cache
+    entries ``(epoch, start offset)``, its log start offset and high watermark."""
+
+    log_end_offset: int
+    latest_epoch: int
+    epochs: list[tuple[int, int]]
+    log_start_offset: int
+    high_watermark: int
+
+
 @dataclasses.dataclass(frozen=True)
 class ProduceResult:
     base_offset: int  # -1 with acks=0

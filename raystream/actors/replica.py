@@ -1,7 +1,11 @@
 """The partition replica actor: one per (topic, partition, broker), owning that replica's segment log.
 
 Roles, produce, fetch, admin and housekeeping live here; replication (push, driven by the leader) in
-:class:`raystream.actors.replication.ReplicationMixin`.
+:class:`raystream.actors.replication.ReplicationMixin`. The decisions are the pure core's
+(:class:`raystream.core.partition.Partition`: roles, leader/epoch, acks and min-ISR checks, idempotent
+outcomes, acks=all readiness, fetch limits, ISR proposals, the high watermark): methods here decode the
+request (:mod:`raystream.protocol`), ask the core and the log, and perform the effects (append, signal,
+wait, send).
 
 Concurrency: an async actor. All log access happens on its event loop (the log is also lock-protected),
 except compaction, which runs in a worker thread (see ``raystream.storage.cleaner``).

@@ -30,7 +30,7 @@ import ray
 from raystream.clock import now_ms as _now_ms
 from raystream.core.partition import IsrProposal
 from raystream.errors import FencedLeaderEpochError, RaystreamError
-from raystream.protocol import ACTOR_NAMESPACE, Role, replica_actor_name
+from raystream.protocol import ACTOR_NAMESPACE, ReplicaStatus, Role, replica_actor_name
 
 log = logging.getLogger(__name__)
 #: Object-store refs of batches read for followers, kept for reuse by followers at the same offset.
@@ -86,8 +86,8 @@ class ReplicationMixin:
     async def _sync_follower(self, handle, epoch: int) -> int:
         """KIP-101/279 handshake: truncate the follower where its epochs and this leader's diverge."""
         status = await handle.replica_status.remote()
-        follower_epochs = [(int(e), int(o)) for e, o in status["epochs"]]
-        truncate_to = self.log.epoch_cache.truncation_point(follower_epochs, status["log_end_offset"],
+        follower_epochs = [(int(e), int(o)) for e, o in status.epochs]
+        truncate_to = self.log.epoch_cache.truncation_point(follower_epochs, status.log_end_offset,
                                                             self.log.log_end_offset)
         return await handle.truncate_for_leader.remote(epoch, self.broker_id, truncate_to,
                                                        self.log.log_start_offset)
@@ -132,10 +132,10 @@ class ReplicationMixin:
         self._signal("hw")
 
     # -- replication: follower side ----------------------------------------------------------------------------
-    async def replica_status(self) -> dict[str, Any]:
-        return {"log_end_offset": self.log.log_end_offset, "latest_epoch": self.log.epoch_cache.latest_epoch,
-                "epochs": list(self.log.epoch_cache.entries),
-                "log_start_offset": self.log.log_start_offset, "high_watermark": self.state.high_watermark}
+    async def replica_status(self) -> ReplicaStatus:
+        return ReplicaStatus(self.log.log_end_offset, self.log.epoch_cache.latest_epoch,
+                             list(self.log.epoch_cache.entries), self.log.log_start_offset,
+                             self.state.high_watermark)
 
     async def truncate_for_leader(self, epoch: int, leader: int, offset: int, leader_log_start: int) -> int:
         self.state.accept_replication(epoch, leader)

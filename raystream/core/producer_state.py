@@ -94,7 +94,9 @@ def batch_last_sequence(header: BatchHeader) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class ProducerBatch:
-    """What a producer's entry remembers of one appended batch: enough to answer its retry."""
+    """What a producer's entry remembers of one appended batch: enough to answer its retry (Kafka's
+    ProducerStateEntry's BatchMetadata; renamed here, as ``raystream.protocol.BatchMetadata`` is the public
+    answer of ``send_batch``)."""
 
     first_seq: int
     last_seq: int

@@ -47,4 +47,4 @@ def test_requests_with_stale_or_future_epochs_are_rejected(cluster, topic_name):
         call(leader.produce.remote(ProduceRequest(one_record(), 1, 5000)))
     # epoch 2 started at offset 2 in the epoch cache only once data is written under it; 0 and 1 are known
     status = call(leader.replica_status.remote())
-    assert status["log_end_offset"] == 2 and status["latest_epoch"] == 1
+    assert status.log_end_offset == 2 and status.latest_epoch == 1
