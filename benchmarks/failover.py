@@ -182,7 +182,7 @@ def bench_rereplication(cluster, controller, nodes_by_dir, head_dir, mb: int) ->
     state = pstate(controller, "rr", p)
     cluster_name = ray.get(controller.ping.remote())
     leader_actor = ray.get_actor(replica_actor_name(cluster_name, "rr", p, state.leader), namespace=ACTOR_NAMESPACE)
-    size = ray.get(leader_actor.describe.remote())["size_bytes"]
+    size = ray.get(leader_actor.describe.remote()).size_bytes
     progress(f"re-replication: partition holds {size / 1e6:.0f} MB; killing a follower's node")
     follower = next(b for b in state.replicas if b != state.leader)
     info = ray.get(controller.get_brokers.remote())[follower]

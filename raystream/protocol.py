@@ -128,6 +128,76 @@ class BrokerInfo:
 
 
 # -- produce / fetch ---------------------------------------------------------------------------------------
+# Requests to a partition replica actor (one object per call, the Ray boundary of RayTransport). Frozen and
+# slotted: built once per request on the client, pickled once.
+@dataclasses.dataclass(frozen=True, slots=True)
+class ProduceRequest:
+    """Append ``batch`` as the leader (Kafka's ProduceRequest for one partition). ``leader_epoch`` None
+    skips the epoch check; an idempotent producer passes ``producer_id >= 0`` with its epoch and the
+    batch's first sequence; ``replay``: a replay producer's batch; ``transactional``: a batch of the
+    producer's open transaction."""
+
+    batch: pa.RecordBatch | pa.Table
+    acks: int
+    timeout_ms: int
+    leader_epoch: int | None = None
+    producer_id: int = -1
+    producer_epoch: int = -1
+    base_sequence: int = -1
+    replay: bool = False
+    transactional: bool = False
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class FetchRequest:
+    """A consumer's long-poll read from ``offset`` (Kafka's FetchRequest for one partition): ``columns``
+    projects, ``row_filter`` (a ``pyarrow.compute.Expression``) filters on the replica;
+    ``read_committed`` reads below the last stable offset only."""
+
+    offset: int
+    max_bytes: int
+    max_wait_ms: int
+    min_bytes: int
+    columns: list[str] | None = None
+    leader_epoch: int | None = None
+    row_filter: Any = None
+    read_committed: bool = False
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ListOffsetsRequest:
+    """Kafka's ListOffsets for one partition: ``spec`` is EARLIEST, LATEST or a timestamp (ms)."""
+
+    spec: int
+    read_committed: bool = False
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ReplicaDescription:
+    """A partition replica's ``describe()``: its role and offsets as it knows them."""
+
+    role: str
+    leader_epoch: int
+    isr: list[int]
+    log_start_offset: int
+    high_watermark: int
+    log_end_offset: int
+    size_bytes: int
+    log_dir: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ReplicaStatus:
+    """A follower's answer to the leader's KIP-101/279 handshake: its log end, its leader-epoch cache
+    entries ``(epoch, start offset)``, its log start offset and high watermark."""
+
+    log_end_offset: int
+    latest_epoch: int
+    epochs: list[tuple[int, int]]
+    log_start_offset: int
+    high_watermark: int
+
+
 @dataclasses.dataclass(frozen=True)
 class ProduceResult:
     base_offset: int  # -1 with acks=0

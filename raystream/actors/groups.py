@@ -36,7 +36,7 @@ from raystream.core.group_results import JoinCompletion
 from raystream.core.lag import consumer_lag
 from raystream.core.metadata import ClusterMetadata
 from raystream.errors import GroupIdNotFoundError, GroupNotEmptyError, UnknownMemberIdError
-from raystream.protocol import LATEST, TopicPartition
+from raystream.protocol import LATEST, ListOffsetsRequest, TopicPartition
 from raystream.storage.compacted_map import CompactedMap
 
 log = logging.getLogger(__name__)
@@ -249,7 +249,7 @@ class GroupCoordinator:
             async with in_flight:
                 try:
                     handle = self._replicas.cached((tp.topic, tp.partition, state.leader))
-                    return await asyncio.wait_for(handle.list_offset.remote(LATEST), timeout_s)
+                    return await asyncio.wait_for(handle.list_offset.remote(ListOffsetsRequest(LATEST)), timeout_s)
                 except Exception:  # leader moving, restarting or gone: unknown this round
                     return None
 

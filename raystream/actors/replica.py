@@ -1,7 +1,11 @@
 """The partition replica actor: one per (topic, partition, broker), owning that replica's segment log.
 
 Roles, produce, fetch, admin and housekeeping live here; replication (push, driven by the leader) in
-:class:`raystream.actors.replication.ReplicationMixin`.
+:class:`raystream.actors.replication.ReplicationMixin`. The decisions are the pure core's
+(:class:`raystream.core.partition.Partition`: roles, leader/epoch, acks and min-ISR checks, idempotent
+outcomes, acks=all readiness, fetch limits, ISR proposals, the high watermark): methods here decode the
+request (:mod:`raystream.protocol`), ask the core and the log, and perform the effects (append, signal,
+wait, send).
 
 Concurrency: an async actor. All log access happens on its event loop (the log is also lock-protected),
 except compaction, which runs in a worker thread (see ``raystream.storage.cleaner``).
@@ -30,21 +34,16 @@ from raystream.actors.producer_ids import (
 from raystream.actors.replication import ReplicationMixin
 from raystream.clock import now_ms as _now_ms
 from raystream.config import BrokerConfig, TopicConfig
-from raystream.core.partition_state import PartitionState
-from raystream.core.producer_state import ReplayOverlap
-from raystream.errors import (
-    NotEnoughReplicasAfterAppendError,
-    NotEnoughReplicasError,
-    NotLeaderError,
-    OffsetOutOfRangeError,
-    RequestTimeoutError,
-)
+from raystream.core.partition import APPEND, Partition, ProduceDecision, dedup_outcome
+from raystream.errors import RequestTimeoutError
 from raystream.protocol import (
     ACTOR_NAMESPACE,
-    EARLIEST,
-    LATEST,
+    FetchRequest,
     FetchResult,
+    ListOffsetsRequest,
+    ProduceRequest,
     ProduceResult,
+    ReplicaDescription,
     Role,
 )
 from raystream.record import ATTR_TRANSACTIONAL, OFFSET_COLUMN, TIMESTAMP_COLUMN
@@ -99,15 +98,13 @@ class PartitionReplica(ReplicationMixin):
         if schema is not None and schema_id > 0 and not self.log.schema.equals(schema):
             self.log.change_schema(schema)  # evolved while this replica was down
         self.producers = ReplicaProducerState(self.log, self.name)  # idempotence: snapshot + replay on open
-        self.state = PartitionState(self.name, broker_id)
-        self.state.high_watermark = self.log.high_watermark
+        self.state = Partition(self.name, broker_id, high_watermark=self.log.high_watermark)
         self.controller_name = controller_name
         self._replicators: dict[int, asyncio.Task] = {}
         self._housekeeping: asyncio.Task | None = None
         self._data_event: asyncio.Event | None = None
         self._hw_event: asyncio.Event | None = None
         self._shared_refs: OrderedDict[tuple[int, int], ray.ObjectRef] = OrderedDict()
-        self._isr_change_pending = False
         self._isr_tasks: set[asyncio.Task] = set()  # ISR expansions in flight (held: tasks are weakly kept)
         self._rejoin: asyncio.Task | None = None
         if reconstructed:
@@ -214,130 +211,115 @@ class PartitionReplica(ReplicationMixin):
 
     # -- produce -------------------------------------------------------------------------------------------
     @metrics.produce_request
-    async def produce(self, batch: pa.RecordBatch | pa.Table, acks: int, timeout_ms: int,
-                      leader_epoch: int | None = None, producer_id: int = -1, producer_epoch: int = -1,
-                      base_sequence: int = -1, replay: bool = False, transactional: bool = False) -> ProduceResult:
-        """Append ``batch`` as the leader; with acks=all, answer once the high watermark covers it.
+    async def produce(self, request: ProduceRequest) -> ProduceResult:
+        """Append ``request.batch`` as the leader; with acks=all, answer once the high watermark covers it.
 
-        Idempotent producers (``producer_id >= 0``) are checked first (``raystream.core.producer_state``): a
-        retry of a batch already in the log is not written again and is answered with the original offsets
-        (after the same acks=all wait); a sequence gap raises OutOfOrderSequenceError, a stale producer epoch
-        InvalidProducerEpochError. Ray starts an async actor's requests as their arguments arrive, so a
-        producer's pipelined requests can arrive out of order: a batch whose sequence is *ahead* of the
+        The decisions are the core's (:mod:`raystream.core.partition`): leader/epoch, acks and
+        min.insync.replicas checks, the idempotent outcome (``dedup_outcome``: append, append a replay's
+        tail, or answer a duplicate with its original offsets after the same acks=all wait) and the acks=all
+        answer (``Partition.ack_ready``). Ray starts an async actor's requests as their arguments arrive, so
+        a producer's pipelined requests can arrive out of order: a batch whose sequence is *ahead* of the
         expected one waits (up to ``REORDER_WAIT_MS``) for the batches before it, then is checked again.
         Concurrency: the final check, the append and the state update run with no ``await`` between them,
         so each producer's batches are checked and applied one at a time, in sequence order.
-        ``replay``: the producer is a replay producer (``Producer(replay_id=...)``): records whose sequence
-        the log already holds are dropped, a batch that straddles the log's end is appended from there.
-        ``transactional``: the batch belongs to its producer's open transaction (hidden from read_committed
-        fetches until the coordinator's COMMIT marker; never shown to them after an ABORT).
         """
         await self._ensure_role()
-        self.state.check_leader(leader_epoch)
-        if acks not in (0, 1, -1):
-            raise ValueError(f"acks must be 0, 1 or -1 (all), got {acks!r}")
         min_isr = self.log.config.min_insync_replicas
-        if acks == -1 and len(self.state.isr) < min_isr:
-            raise NotEnoughReplicasError(
-                f"[{self.name}] ISR {list(self.state.isr)} is smaller than min.insync.replicas={min_isr}",
-                isr=list(self.state.isr), min_insync_replicas=min_isr)
-        duplicate = None
-        if producer_id < 0:
-            producer_epoch = base_sequence = -1  # not idempotent: store no stray producer fields
-        elif batch.num_rows:  # (an empty batch is rejected by the append)
-            # Returns without suspending after its final check: the append below follows with no await.
-            duplicate = await self.producers.check_in_order(
-                producer_id, producer_epoch, base_sequence, batch.num_rows,
-                lambda s: self._wait("data", s), min(timeout_ms / 2, REORDER_WAIT_MS) / 1000,
-                lambda: self.state.check_leader(leader_epoch), replay)
-            if isinstance(duplicate, ReplayOverlap):
-                batch, base_sequence = batch.slice(duplicate.skip), base_sequence + duplicate.skip
-                duplicate = None
-        if duplicate is not None and duplicate.base_offset < 0:  # an already-written replay: no offsets
-            result = ProduceResult(-1, -1, self.log.log_start_offset, batch.num_rows, duplicate.timestamp)
-            last_offset = duplicate.last_offset
-        elif duplicate is not None:
-            log_append_time = duplicate.timestamp if self.log.config.message_timestamp_type == "LogAppendTime" else -1
-            result = ProduceResult(duplicate.base_offset, log_append_time, self.log.log_start_offset,
-                                   duplicate.last_offset - duplicate.base_offset + 1, duplicate.timestamp)
-            last_offset = duplicate.last_offset
+        self.state.check_produce(request.acks, request.leader_epoch, min_isr)
+        decision = await self._check_producer(request)
+        if decision.append:
+            result, last_offset = self._append(request, decision.skip)
         else:
-            info = self.log.append(self._current_schema(batch), now=_now_ms(), leader_epoch=self.state.leader_epoch,
-                                   producer_id=producer_id, producer_epoch=producer_epoch,
-                                   base_sequence=base_sequence, schema_id=self.schema_id,
-                                   attributes=ATTR_TRANSACTIONAL if transactional and producer_id >= 0 else 0)
-            self.producers.record(info.header)
-            self.metrics.produced(batch.nbytes, info.record_count)
-            self._signal("data")
-            self._advance_high_watermark()
-            result = ProduceResult(info.base_offset, info.log_append_time, self.log.log_start_offset,
-                                   info.record_count, info.max_timestamp)
-            last_offset = info.last_offset
-        if acks != -1:
-            return result
+            result, last_offset = decision.result, decision.last_offset
+        if request.acks == -1:
+            await self._await_replicated(last_offset, request.timeout_ms, min_isr, "offset")
+        return result
+
+    async def _check_producer(self, request: ProduceRequest) -> ProduceDecision:
+        """The idempotent check (a plain batch, or an empty one the append rejects, is just appended).
+        Returns without suspending after its final check: the append follows with no await."""
+        if request.producer_id < 0 or not request.batch.num_rows:
+            return APPEND
+        check = await self.producers.check_in_order(
+            request.producer_id, request.producer_epoch, request.base_sequence, request.batch.num_rows,
+            lambda s: self._wait("data", s), min(request.timeout_ms / 2, REORDER_WAIT_MS) / 1000,
+            lambda: self.state.check_leader(request.leader_epoch), request.replay)
+        return dedup_outcome(check, request.batch.num_rows, self.log.log_start_offset,
+                             self.log.config.message_timestamp_type == "LogAppendTime")
+
+    def _append(self, request: ProduceRequest, skip: int) -> tuple[ProduceResult, int]:
+        """Append the batch (from record ``skip`` on) as the leader, record it, wake waiters."""
+        batch, base_sequence = request.batch, request.base_sequence
+        if skip:
+            batch, base_sequence = batch.slice(skip), base_sequence + skip
+        idempotent = request.producer_id >= 0
+        info = self.log.append(
+            self._current_schema(batch), leader_epoch=self.state.leader_epoch, now=_now_ms(),
+            producer_id=request.producer_id if idempotent else -1,
+            producer_epoch=request.producer_epoch if idempotent else -1,  # plain: no stray producer fields
+            base_sequence=base_sequence if idempotent else -1, schema_id=self.schema_id,
+            attributes=ATTR_TRANSACTIONAL if request.transactional and idempotent else 0)
+        self.producers.record(info.header)
+        self.metrics.produced(batch.nbytes, info.record_count)
+        self._signal("data")
+        self._advance_high_watermark()
+        return ProduceResult(info.base_offset, info.log_append_time, self.log.log_start_offset,
+                             info.record_count, info.max_timestamp), info.last_offset
+
+    async def _await_replicated(self, last_offset: int, timeout_ms: int, min_isr: int | None, what: str) -> None:
+        """The acks=all wait (produce, its duplicates, transaction markers): until the core says the write
+        ending at ``last_offset`` is replicated (``Partition.ack_ready``, which also raises NotLeaderError
+        and NotEnoughReplicasAfterAppendError), or RequestTimeoutError after ``timeout_ms``."""
         deadline = time.monotonic() + timeout_ms / 1000
-        while self.state.high_watermark <= last_offset:
-            if self.state.role is not Role.LEADER:
-                raise NotLeaderError(f"[{self.name}] lost leadership before the write was replicated")
+        while not self.state.ack_ready(last_offset, min_isr):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise RequestTimeoutError(
-                    f"[{self.name}] offset {last_offset} not replicated to ISR {list(self.state.isr)} "
+                    f"[{self.name}] {what} {last_offset} not replicated to ISR {list(self.state.isr)} "
                     f"within {timeout_ms} ms")
             await self._wait("hw", remaining)
-        if len(self.state.isr) < min_isr:
-            raise NotEnoughReplicasAfterAppendError(
-                f"[{self.name}] ISR shrank to {list(self.state.isr)} below min.insync.replicas={min_isr}")
-        return result
 
     def _advance_high_watermark(self) -> None:
-        if self.state.role is Role.LEADER and self.state.update_high_watermark(self.log.log_end_offset):
+        """Leader: the core recomputes the high watermark; the log persists the value it hands over."""
+        if self.state.update_high_watermark(self.log.log_end_offset):
             self.log.set_high_watermark(self.state.high_watermark)
             self._signal("hw")
 
     # -- fetch ---------------------------------------------------------------------------------------------
     @metrics.fetch_request  # latency (without long-poll waits), records and bytes out
-    async def fetch(self, offset: int, max_bytes: int, max_wait_ms: int, min_bytes: int,
-                    columns: list[str] | None = None, leader_epoch: int | None = None,
-                    row_filter: Any = None, read_committed: bool = False) -> FetchResult:
+    async def fetch(self, request: FetchRequest) -> FetchResult:
         """Long-poll read for consumers: waits up to ``max_wait_ms`` for ``min_bytes`` below the HW.
         ``columns`` (projection) and ``row_filter`` (a ``pyarrow.compute.Expression``) are applied here, so
         unselected columns and rows never cross Ray; ``next_offset`` still moves past filtered-out rows.
         ``read_committed``: only below the last stable offset, without aborted transactions' batches."""
         await self._ensure_role()
-        self.state.check_leader(leader_epoch)
+        self.state.check_leader(request.leader_epoch)
+        columns = request.columns
         if columns is not None:
             columns = [OFFSET_COLUMN, TIMESTAMP_COLUMN] + [c for c in columns if c not in
                                                           (OFFSET_COLUMN, TIMESTAMP_COLUMN)]
-        deadline = time.monotonic() + max_wait_ms / 1000
+        exclude = self.producers.manager.is_aborted if request.read_committed else None
+        deadline = time.monotonic() + request.max_wait_ms / 1000
         batches: list[pa.RecordBatch] = []
-        skipped = 0
-        position = offset  # moves past what was scanned, so a wait does not re-read rows a filter rejected
+        skipped = size = 0
+        position = request.offset  # moves past what was scanned, so a wait does not re-read rejected rows
         while True:
             hw = self.state.high_watermark
-            limit = self.last_stable_offset() if read_committed else hw
-            # Out of range is judged against the log end offset, as Kafka does: a new leader's high
-            # watermark can trail the old leader's until its followers report, and a consumer positioned
-            # between the two must wait, not be reset.
-            leo = self.log.log_end_offset
-            if position > leo or position < self.log.log_start_offset:
-                raise OffsetOutOfRangeError(
-                    f"offset {position} out of range for {self.topic}-{self.partition}: "
-                    f"log_start_offset={self.log.log_start_offset}, log_end_offset={leo}, high_watermark={hw}",
-                    offset=position, log_start_offset=self.log.log_start_offset, log_end_offset=leo)
+            limit = self.last_stable_offset() if request.read_committed else hw
+            self.state.check_fetch_position(position, self.log.log_start_offset, self.log.log_end_offset,
+                                            f"{self.topic}-{self.partition}")
             if position < limit:
                 # A filter that does not fit the topic's columns raises ValueError naming the partition.
-                read = self.log.read_filtered(position, max_bytes, limit, columns, row_filter,
-                                              self.producers.manager.is_aborted if read_committed else None)
+                read = self.log.read_filtered(position, request.max_bytes, limit, columns, request.row_filter,
+                                              exclude)
                 batches.extend(read.batches)
-                position = read.next_offset
-                skipped += read.batches_skipped
-            size = sum(b.get_total_buffer_size() for b in batches)
+                position, skipped = read.next_offset, skipped + read.batches_skipped
+                size = sum(b.get_total_buffer_size() for b in batches)
             remaining = deadline - time.monotonic()
-            if size >= min_bytes or remaining <= 0:
+            if size >= request.min_bytes or remaining <= 0:
                 break
             await self._wait("hw", remaining)
-            self.state.check_leader(leader_epoch)
+            self.state.check_leader(request.leader_epoch)
         # The batches are zero-copy views of segment files; Ray serialises them into the object store as
         # this coroutine returns. Only a follower truncates its log, and fetch is served by leaders, so the
         # views stay valid (a demotion racing this return is the one window; see storage.segment).
@@ -346,9 +328,7 @@ class PartitionReplica(ReplicationMixin):
 
     def last_stable_offset(self) -> int:
         """Kafka's LSO: the high watermark, or the first offset of the oldest open transaction if lower."""
-        first = self.producers.manager.first_unstable_offset()
-        hw = self.state.high_watermark
-        return hw if first is None else min(hw, first)
+        return self.state.fetch_limit(True, self.producers.manager.first_unstable_offset())
 
     async def write_txn_marker(self, producer_id: int, producer_epoch: int, commit: bool,
                                timeout_ms: int) -> int:
@@ -360,43 +340,29 @@ class PartitionReplica(ReplicationMixin):
         entry = self.producers.manager.entry(producer_id)
         if entry is None or entry.current_txn_first_offset is None:
             return -1
-        info = self.log.append_marker(producer_id, producer_epoch, commit, now=_now_ms(),
-                                      leader_epoch=self.state.leader_epoch)
+        info = self.log.append_marker(producer_id, producer_epoch, commit, leader_epoch=self.state.leader_epoch,
+                                      now=_now_ms())
         self.producers.record(info.header)
         self._signal("data")
         self._advance_high_watermark()
         self._signal("hw")  # the last stable offset may have moved even if the high watermark did not
-        deadline = time.monotonic() + timeout_ms / 1000
-        while self.state.high_watermark <= info.last_offset:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise RequestTimeoutError(f"[{self.name}] transaction marker at {info.last_offset} not "
-                                          f"replicated within {timeout_ms} ms")
-            await self._wait("hw", remaining)
-            self.state.check_leader(None)
+        await self._await_replicated(info.last_offset, timeout_ms, None, "transaction marker at")
         return info.base_offset
 
-    async def list_offset(self, spec: int, read_committed: bool = False) -> int:
+    async def list_offset(self, request: ListOffsetsRequest) -> int:
         """Kafka's ListOffsets: EARLIEST, LATEST (the high watermark; the LSO for ``read_committed``) or
         the first offset whose timestamp is >= ``spec`` (-1 if none below that bound)."""
         await self._ensure_role()
         self.state.check_leader(None)
-        limit = self.last_stable_offset() if read_committed else self.state.high_watermark
-        if spec == EARLIEST:
-            return self.log.log_start_offset
-        if spec == LATEST:
-            return limit
-        if not isinstance(spec, int) or spec < 0:
-            raise ValueError(f"offset spec must be EARLIEST (-2), LATEST (-1) or a timestamp >= 0, got {spec!r}")
-        found = self.log.offset_for_timestamp(spec)
-        return -1 if found is None or found >= limit else found
+        limit = self.last_stable_offset() if request.read_committed else self.state.high_watermark
+        return self.state.list_offset(request.spec, limit, self.log.log_start_offset,
+                                      self.log.offset_for_timestamp)
 
     # -- admin ---------------------------------------------------------------------------------------------
-    async def describe(self) -> dict[str, Any]:
-        return {"role": self.state.role.value, "leader_epoch": self.state.leader_epoch,
-                "isr": list(self.state.isr), "log_start_offset": self.log.log_start_offset,
-                "high_watermark": self.state.high_watermark, "log_end_offset": self.log.log_end_offset,
-                "size_bytes": self.log.size_bytes, "log_dir": str(self.log.directory)}
+    async def describe(self) -> ReplicaDescription:
+        return ReplicaDescription(self.state.role.value, self.state.leader_epoch, list(self.state.isr),
+                                  self.log.log_start_offset, self.state.high_watermark, self.log.log_end_offset,
+                                  self.log.size_bytes, str(self.log.directory))
 
     async def update_config(self, config: dict[str, Any]) -> None:
         self.log.config = TopicConfig.from_dict(config)
@@ -461,9 +427,10 @@ class PartitionReplica(ReplicationMixin):
             try:
                 self.metrics.log_size(self.log.size_bytes)
                 if self.state.role is Role.LEADER:
-                    shrunk = self.state.isr_to_shrink(_now_ms(), cfg.replica_lag_time_max_ms)
-                    if shrunk is not None:
-                        await self._propose_isr(shrunk)
+                    proposal = self.state.start_isr_proposal(
+                        self.state.isr_to_shrink(_now_ms(), cfg.replica_lag_time_max_ms))
+                    if proposal is not None:
+                        await self._send_isr_proposal(proposal)
                 if time.monotonic() - last_cleanup >= cfg.log_retention_check_interval_ms / 1000:
                     last_cleanup = time.monotonic()
                     if self.log.apply_retention(now=_now_ms(), high_watermark=self.state.high_watermark):

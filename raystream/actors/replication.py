@@ -15,7 +15,7 @@ heartbeat that keeps a live follower in the ISR and carries the high watermark.
 
 Concurrency: mixed into the async actor :class:`raystream.actors.replica.PartitionReplica`, whose event
 loop runs every method here; it uses that class's state (``state``, ``log``, ``producers``,
-``broker_config``, ``_shared_refs``, ``_isr_change_pending``, ``_isr_tasks``, ``_wait`` / ``_signal``,
+``broker_config``, ``_shared_refs``, ``_isr_tasks``, ``_wait`` / ``_signal``,
 ``_advance_high_watermark``) and is not usable on its own.
 """
 
@@ -28,8 +28,9 @@ from typing import Any
 import ray
 
 from raystream.clock import now_ms as _now_ms
+from raystream.core.partition import IsrProposal
 from raystream.errors import FencedLeaderEpochError, RaystreamError
-from raystream.protocol import ACTOR_NAMESPACE, Role, replica_actor_name
+from raystream.protocol import ACTOR_NAMESPACE, ReplicaStatus, Role, replica_actor_name
 
 log = logging.getLogger(__name__)
 #: Object-store refs of batches read for followers, kept for reuse by followers at the same offset.
@@ -65,7 +66,7 @@ class ReplicationMixin:
                     timeout=cfg.request_timeout_ms / 1000)
                 self.state.record_follower(broker, follower_leo, leo, _now_ms())
                 self._advance_high_watermark()
-                await self._maybe_expand_isr(broker)
+                self._maybe_expand_isr(broker)
                 if follower_leo >= self.log.log_end_offset:
                     await self._wait("data", heartbeat_s)
             except asyncio.CancelledError:
@@ -85,8 +86,8 @@ class ReplicationMixin:
     async def _sync_follower(self, handle, epoch: int) -> int:
         """KIP-101/279 handshake: truncate the follower where its epochs and this leader's diverge."""
         status = await handle.replica_status.remote()
-        follower_epochs = [(int(e), int(o)) for e, o in status["epochs"]]
-        truncate_to = self.log.epoch_cache.truncation_point(follower_epochs, status["log_end_offset"],
+        follower_epochs = [(int(e), int(o)) for e, o in status.epochs]
+        truncate_to = self.log.epoch_cache.truncation_point(follower_epochs, status.log_end_offset,
                                                             self.log.log_end_offset)
         return await handle.truncate_for_leader.remote(epoch, self.broker_id, truncate_to,
                                                        self.log.log_start_offset)
@@ -103,44 +104,38 @@ class ReplicationMixin:
             self._shared_refs.popitem(last=False)
         return ref
 
-    async def _maybe_expand_isr(self, broker: int) -> None:
+    def _maybe_expand_isr(self, broker: int) -> None:
         """Propose adding ``broker`` without waiting for the controller: the proposed member counts for the
         high watermark from now on (the maximal ISR), so its replication must go on meanwhile."""
-        isr = self.state.isr_to_expand(broker)
-        if isr is not None and not self._isr_change_pending:
-            task = asyncio.ensure_future(self._propose_isr(isr))
+        proposal = self.state.start_isr_proposal(self.state.isr_to_expand(broker))
+        if proposal is not None:
+            task = asyncio.ensure_future(self._send_isr_proposal(proposal))
             self._isr_tasks.add(task)
             task.add_done_callback(self._isr_tasks.discard)
 
-    async def _propose_isr(self, isr: tuple[int, ...]) -> None:
-        if self._isr_change_pending:
-            return
-        self._isr_change_pending = True
-        epoch = self.state.leader_epoch
-        self.state.propose_isr(isr)  # from here until the answer, the HW counts the proposed members too
+    async def _send_isr_proposal(self, proposal: IsrProposal) -> None:
+        """Send a proposal the core started (``Partition.start_isr_proposal``) and hand it the outcome."""
         try:
             controller = ray.get_actor(self.controller_name, namespace=ACTOR_NAMESPACE)
             new_isr, partition_epoch = await asyncio.wait_for(controller.alter_isr.remote(
-                self.topic, self.partition, self.broker_id, epoch, list(isr), self.state.partition_epoch),
-                timeout=self.broker_config.request_timeout_ms / 1000)
-            if self.state.role is Role.LEADER and self.state.leader_epoch == epoch:
-                self.state.apply_isr(tuple(new_isr), partition_epoch)
-                self.state.proposal_settled()
+                self.topic, self.partition, self.broker_id, proposal.leader_epoch, list(proposal.isr),
+                proposal.partition_epoch), timeout=self.broker_config.request_timeout_ms / 1000)
+            if self.state.isr_proposal_answered(proposal, tuple(new_isr), partition_epoch):
                 log.info("[%s] ISR is now %s", self.name, new_isr)
         except FencedLeaderEpochError as exc:  # no longer the leader: the controller's new role follows
-            log.info("[%s] ISR change to %s refused: %s", self.name, list(isr), exc)
+            log.info("[%s] ISR change to %s refused: %s", self.name, list(proposal.isr), exc)
         except Exception as exc:  # timed out or controller restarting: outcome unknown, stays pending
-            log.warning("[%s] ISR change to %s not answered: %s", self.name, list(isr), exc)
+            log.warning("[%s] ISR change to %s not answered: %s", self.name, list(proposal.isr), exc)
         finally:
-            self._isr_change_pending = False
+            self.state.isr_proposal_failed(proposal)  # ends the request if no answer did (no-op otherwise)
         self._advance_high_watermark()
         self._signal("hw")
 
     # -- replication: follower side ----------------------------------------------------------------------------
-    async def replica_status(self) -> dict[str, Any]:
-        return {"log_end_offset": self.log.log_end_offset, "latest_epoch": self.log.epoch_cache.latest_epoch,
-                "epochs": list(self.log.epoch_cache.entries),
-                "log_start_offset": self.log.log_start_offset, "high_watermark": self.state.high_watermark}
+    async def replica_status(self) -> ReplicaStatus:
+        return ReplicaStatus(self.log.log_end_offset, self.log.epoch_cache.latest_epoch,
+                             list(self.log.epoch_cache.entries), self.log.log_start_offset,
+                             self.state.high_watermark)
 
     async def truncate_for_leader(self, epoch: int, leader: int, offset: int, leader_log_start: int) -> int:
         self.state.accept_replication(epoch, leader)
@@ -161,8 +156,6 @@ class ReplicationMixin:
             # One batch per append, recorded at once: the producer state is exact at every segment roll.
             self.log.append_as_follower([batch], now=_now_ms())
             self.producers.record(batch.header)
-        hw = min(high_watermark, self.log.log_end_offset)
-        if hw > self.state.high_watermark:
-            self.state.high_watermark = hw
-            self.log.set_high_watermark(hw)
+        if self.state.follow_high_watermark(high_watermark, self.log.log_end_offset):
+            self.log.set_high_watermark(self.state.high_watermark)
         return self.log.log_end_offset

@@ -193,7 +193,7 @@ class ReplicationControl:
             try:
                 handle = self._replicas.lookup(state.topic, state.partition, state.leader)
                 described = await asyncio.wait_for(handle.describe.remote(), timeout=5)
-                offsets = {k: described[k] for k in offsets}
+                offsets = {k: getattr(described, k) for k in offsets}
             except Exception as exc:  # the partition is shown, with unknown offsets
                 log.info("describe %s-%d: leader unavailable: %s", state.topic, state.partition, exc)
         return PartitionInfo(state.partition, node.get(state.leader), state.leader_epoch,

@@ -29,7 +29,10 @@ from raystream.client.base import BaseTransport, failed_future
 from raystream.protocol import (
     ACTOR_NAMESPACE,
     BrokerInfo,
+    FetchRequest,
     FetchResult,
+    ListOffsetsRequest,
+    ProduceRequest,
     ProduceResult,
     TopicDescription,
     TopicMetadata,
@@ -164,34 +167,30 @@ class RayTransport(BaseTransport):
         with self._lock:
             self._replicas.pop(key, None)
 
-    def _submit(self, tp: TopicPartition, broker_id: int, method: str, *args: Any) -> Future:
+    def _submit(self, tp: TopicPartition, broker_id: int, method: str, request: Any) -> Future:
+        """Send one request object (:mod:`raystream.protocol`) to the replica's remote ``method``."""
         key = (tp.topic, tp.partition, broker_id)
-        return _as_future(lambda: getattr(self._replica(key), method).remote(*args),
+        return _as_future(lambda: getattr(self._replica(key), method).remote(request),
                           f"{method} {tp} on broker {broker_id}", on_error=lambda: self._forget(key))
 
     def produce(self, tp: TopicPartition, broker_id: int, batch: pa.RecordBatch, acks: int, timeout_ms: int,
                 leader_epoch: int | None = None, producer_id: int = -1, producer_epoch: int = -1,
                 base_sequence: int = -1, replay: bool = False, transactional: bool = False
                 ) -> Future[ProduceResult]:
-        if producer_id < 0:  # the plain request, as before idempotence
-            return self._submit(tp, broker_id, "produce", batch, acks, timeout_ms, leader_epoch)
-        extra = (replay, True) if transactional else (True,) if replay else ()
-        return self._submit(tp, broker_id, "produce", batch, acks, timeout_ms, leader_epoch, producer_id,
-                            producer_epoch, base_sequence, *extra)
+        return self._submit(tp, broker_id, "produce", ProduceRequest(
+            batch, acks, timeout_ms, leader_epoch, producer_id, producer_epoch, base_sequence, replay,
+            transactional))
 
     def fetch(self, tp: TopicPartition, broker_id: int, offset: int, max_bytes: int, max_wait_ms: int,
               min_bytes: int, columns: list[str] | None = None,
               leader_epoch: int | None = None, row_filter: Any = None,
               read_committed: bool = False) -> Future[FetchResult]:
-        extra = (True,) if read_committed else ()
-        return self._submit(tp, broker_id, "fetch", offset, max_bytes, max_wait_ms, min_bytes, columns,
-                            leader_epoch, row_filter, *extra)
+        return self._submit(tp, broker_id, "fetch", FetchRequest(
+            offset, max_bytes, max_wait_ms, min_bytes, columns, leader_epoch, row_filter, read_committed))
 
     def list_offset(self, tp: TopicPartition, broker_id: int, spec: int,
                     read_committed: bool = False) -> Future[int]:
-        if read_committed:
-            return self._submit(tp, broker_id, "list_offset", spec, True)
-        return self._submit(tp, broker_id, "list_offset", spec)
+        return self._submit(tp, broker_id, "list_offset", ListOffsetsRequest(spec, read_committed))
 
 
 def _as_future(call, what: str, on_error=None) -> Future:

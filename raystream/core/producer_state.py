@@ -90,8 +90,10 @@ def batch_last_sequence(header: BatchHeader) -> int:
 
 
 @dataclasses.dataclass(frozen=True)
-class BatchMetadata:
-    """What a producer's entry remembers of one appended batch: enough to answer its retry."""
+class ProducerBatch:
+    """What a producer's entry remembers of one appended batch: enough to answer its retry (Kafka's
+    ProducerStateEntry's BatchMetadata; renamed here, as ``raystream.protocol.BatchMetadata`` is the public
+    answer of ``send_batch``)."""
 
     first_seq: int
     last_seq: int
@@ -143,7 +145,7 @@ class ProducerStateEntry:
 
     producer_id: int
     producer_epoch: int = NO_PRODUCER_EPOCH
-    batches: list[BatchMetadata] = dataclasses.field(default_factory=list)
+    batches: list[ProducerBatch] = dataclasses.field(default_factory=list)
     last_timestamp: int = -1
     current_txn_first_offset: int | None = None  # first offset of the open transaction, if any
 
@@ -163,7 +165,7 @@ class ProducerStateEntry:
     def last_offset(self) -> int:
         return self.batches[-1].last_offset if self.batches else -1
 
-    def find_batch(self, producer_epoch: int, first_seq: int, last_seq: int) -> BatchMetadata | None:
+    def find_batch(self, producer_epoch: int, first_seq: int, last_seq: int) -> ProducerBatch | None:
         """The retained batch of ``producer_epoch`` covering exactly ``first_seq..last_seq``, if any."""
         if producer_epoch != self.producer_epoch:
             return None
@@ -178,7 +180,7 @@ class ProducerStateEntry:
             self.batches = []
             self.producer_epoch = producer_epoch
 
-    def add_batch(self, batch: BatchMetadata, max_batches: int) -> None:
+    def add_batch(self, batch: ProducerBatch, max_batches: int) -> None:
         self.batches.append(batch)
         if len(self.batches) > max_batches:
             del self.batches[:len(self.batches) - max_batches]
@@ -325,7 +327,7 @@ class ProducerStateManager:
             self._open.discard(producer_id)
             return entry
         if header.base_sequence >= 0:
-            entry.add_batch(BatchMetadata(header.base_sequence, batch_last_sequence(header), header.base_offset,
+            entry.add_batch(ProducerBatch(header.base_sequence, batch_last_sequence(header), header.base_offset,
                                           header.last_offset, header.max_timestamp),
                             self.max_batches_per_producer)
         if header.is_transactional and entry.current_txn_first_offset is None:
@@ -430,7 +432,7 @@ class ProducerStateManager:
             for pid, epoch, last_ts, txn_first, batches in producers:
                 entry = ProducerStateEntry(_int(pid), _int(epoch), [], _int(last_ts),
                                            None if txn_first is None else _int(txn_first))
-                entry.batches = [BatchMetadata(*(_int(v) for v in b)) for b in batches]
+                entry.batches = [ProducerBatch(*(_int(v) for v in b)) for b in batches]
                 del entry.batches[:-max_batches_per_producer]
                 manager.producers[entry.producer_id] = entry
                 if entry.current_txn_first_offset is not None:

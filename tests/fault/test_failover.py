@@ -220,8 +220,8 @@ def test_follower_with_corrupt_tail_recovers_and_resyncs(four_nodes, wait_for):
         w.stop()
         leader = ray.get_actor(replica_actor_name(CLUSTER, "torn", p, s.leader), namespace=ACTOR_NAMESPACE)
         actor = ray.get_actor(replica_actor_name(CLUSTER, "torn", p, follower), namespace=ACTOR_NAMESPACE)
-        wait_for(lambda: ray.get(actor.describe.remote())["log_end_offset"]
-                 == ray.get(leader.describe.remote())["log_end_offset"], message="follower caught up")
+        wait_for(lambda: ray.get(actor.describe.remote()).log_end_offset
+                 == ray.get(leader.describe.remote()).log_end_offset, message="follower caught up")
         finish(w, "torn")
 
 

@@ -61,7 +61,7 @@ def pstate(handle, topic, p):
 
 def replica_log_dir(topic: str, p: int, broker: int) -> str:
     actor = ray.get_actor(replica_actor_name(CLUSTER, topic, p, broker), namespace=ACTOR_NAMESPACE)
-    return ray.get(actor.describe.remote(), timeout=30)["log_dir"]
+    return ray.get(actor.describe.remote(), timeout=30).log_dir
 
 
 def test_every_node_is_a_broker_with_its_own_log_directory(plain, wait_for):

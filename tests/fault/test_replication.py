@@ -66,7 +66,7 @@ def test_rf3_replicas_on_distinct_nodes_and_acks_all_round_trip(three_nodes):
         for broker in part.replicas:
             actor = ray.get_actor(replica_actor_name(CLUSTER, "rf3", part.partition, broker),
                                   namespace=ACTOR_NAMESPACE)
-            assert ray.get(actor.describe.remote())["log_end_offset"] == 100
+            assert ray.get(actor.describe.remote()).log_end_offset == 100
 
 
 def test_stopped_follower_leaves_isr_and_rejoins_after_catching_up(three_nodes, wait_for):
@@ -89,7 +89,7 @@ def test_stopped_follower_leaves_isr_and_rejoins_after_catching_up(three_nodes, 
     wait_for(lambda: follower in ray.get(handle.controller.get_partition_state.remote("isr", 0)).isr,
              timeout_s=60, message="the follower to catch up and rejoin the ISR")
     actor = ray.get_actor(replica_actor_name(CLUSTER, "isr", 0, follower), namespace=ACTOR_NAMESPACE)
-    assert ray.get(actor.describe.remote())["log_end_offset"] == 21
+    assert ray.get(actor.describe.remote()).log_end_offset == 21
 
 
 def test_high_watermark_gates_consumers_while_isr_is_short(three_nodes, wait_for):
@@ -113,7 +113,7 @@ def test_high_watermark_gates_consumers_while_isr_is_short(three_nodes, wait_for
             deadline = time.monotonic() + 30
             while len(seen) < 2 and time.monotonic() < deadline:
                 got = consumer.poll(timeout=0.2)
-                hw = ray.get(leader.describe.remote())["high_watermark"]
+                hw = ray.get(leader.describe.remote()).high_watermark
                 assert all(r.offset < hw for r in got), (got, hw)
                 seen.extend(got)
         wait_for(lambda: follower not in ray.get(handle.controller.get_partition_state.remote("gate", 0)).isr,

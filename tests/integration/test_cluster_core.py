@@ -11,7 +11,7 @@ import ray
 import raystream as rs
 from raystream import errors
 from raystream.core.partitioner import partition_for_key
-from raystream.protocol import ACTOR_NAMESPACE, controller_actor_name, replica_actor_name
+from raystream.protocol import ACTOR_NAMESPACE, FetchRequest, controller_actor_name, replica_actor_name
 
 pytestmark = pytest.mark.integration
 
@@ -92,7 +92,7 @@ def test_long_poll_wakes_up_when_data_arrives(cluster, topic_name):
     md = rs.Admin()
     md.create_topic(topic_name, partitions=1)
     leader = ray.get_actor(replica_actor_name("it", topic_name, 0, 0), namespace=ACTOR_NAMESPACE)
-    pending = leader.fetch.remote(0, 1 << 20, 120_000, 1, None)  # would wait two minutes if not woken
+    pending = leader.fetch.remote(FetchRequest(0, 1 << 20, 120_000, 1, None))  # would wait two minutes if not woken
     ready, _ = ray.wait([pending], timeout=0.5)
     assert not ready, "fetch returned before any data existed"
     with rs.Producer() as producer:

@@ -10,7 +10,7 @@ import pytest
 import ray
 
 import raystream as rs
-from raystream.protocol import ACTOR_NAMESPACE, replica_actor_name
+from raystream.protocol import ACTOR_NAMESPACE, FetchRequest, replica_actor_name
 
 pytestmark = pytest.mark.integration
 SCHEMA = pa.schema([("x", pa.int64()), ("name", pa.string()), ("payload", pa.binary())])
@@ -46,8 +46,8 @@ def test_filter_and_projection_run_in_the_replica(cluster, topic_name):
     assert table.column_names == ["topic", "partition", "offset", "timestamp", "x"]
     assert table.column("offset").to_pylist() == table.column("x").to_pylist()  # offsets are the true ones
     leader = ray.get_actor(replica_actor_name("it", topic_name, 0, 0), namespace=ACTOR_NAMESPACE)
-    everything = ray.get(leader.fetch.remote(0, 1 << 20, 0, 1, ["x", "name", "payload"]))
-    filtered = ray.get(leader.fetch.remote(0, 1 << 20, 0, 1, ["x"], None, pc.field("x") >= 990))
+    everything = ray.get(leader.fetch.remote(FetchRequest(0, 1 << 20, 0, 1, ["x", "name", "payload"])))
+    filtered = ray.get(leader.fetch.remote(FetchRequest(0, 1 << 20, 0, 1, ["x"], None, pc.field("x") >= 990)))
     assert filtered.next_offset == everything.next_offset == 1000  # positions move past rejected rows
     assert sum(b.num_rows for b in filtered.batches) == 10
     assert filtered.bytes * 50 < everything.bytes  # what crossed Ray
@@ -73,7 +73,7 @@ def test_batches_the_statistics_exclude_are_skipped_in_the_replica(cluster, topi
                               "payload": [b"p"] * 100}, schema=SCHEMA)
             producer.send_batch(topic_name, table).result(timeout=30)
     leader = ray.get_actor(replica_actor_name("it", topic_name, 0, 0), namespace=ACTOR_NAMESPACE)
-    result = ray.get(leader.fetch.remote(0, 1 << 20, 0, 1, ["x"], None, pc.field("x") >= 950))
+    result = ray.get(leader.fetch.remote(FetchRequest(0, 1 << 20, 0, 1, ["x"], None, pc.field("x") >= 950)))
     assert result.batches_skipped == 9
     assert [x for b in result.batches for x in b.column("x").to_pylist()] == list(range(950, 1000))
     assert result.next_offset == 1000

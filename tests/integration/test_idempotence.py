@@ -13,7 +13,7 @@ import ray
 
 import raystream as rs
 from raystream import errors
-from raystream.protocol import ACTOR_NAMESPACE, controller_actor_name, replica_actor_name
+from raystream.protocol import ACTOR_NAMESPACE, ProduceRequest, controller_actor_name, replica_actor_name
 from raystream.record import HEADER_TYPE, RECORD_SCHEMA
 
 pytestmark = pytest.mark.integration
@@ -45,7 +45,7 @@ def process_id(actor) -> int:
 
 def produce(replica, batch, pid: int, epoch: int, seq: int, timeout_ms: int = 10_000):
     """acks=all. A batch ahead of its sequence waits up to timeout_ms / 2 (at most 1 s) for the gap to fill."""
-    return call(replica.produce.remote(batch, -1, timeout_ms, None, pid, epoch, seq))
+    return call(replica.produce.remote(ProduceRequest(batch, -1, timeout_ms, None, pid, epoch, seq)))
 
 
 def test_producer_ids_are_unique(cluster):
@@ -81,10 +81,10 @@ def test_a_produce_request_sent_twice_is_written_once(cluster, topic_name):
     again = produce(replica, batch_of(3), pid, epoch, 0)  # a retry: same producer, epoch and sequence
     assert (again.base_offset, again.record_count) == (first.base_offset, first.record_count) == (0, 3)
     assert again.max_timestamp == first.max_timestamp
-    assert call(replica.describe.remote())["log_end_offset"] == 3
+    assert call(replica.describe.remote()).log_end_offset == 3
     assert produce(replica, batch_of(2), pid, epoch, 3).base_offset == 3
     assert produce(replica, batch_of(3), pid, epoch, 0).base_offset == 0  # still one of the last 5 batches
-    assert call(replica.describe.remote())["log_end_offset"] == 5
+    assert call(replica.describe.remote()).log_end_offset == 5
 
 
 def test_a_sequence_gap_and_a_stale_epoch_are_rejected(cluster, topic_name):
@@ -100,14 +100,14 @@ def test_a_sequence_gap_and_a_stale_epoch_are_rejected(cluster, topic_name):
     assert produce(replica, batch_of(1), pid, epoch + 1, 0).base_offset == 2  # a bumped epoch starts at 0
     with pytest.raises(errors.InvalidProducerEpochError):
         produce(replica, batch_of(1), pid, epoch, 2)  # the old epoch is fenced now
-    assert call(replica.describe.remote())["log_end_offset"] == 3
+    assert call(replica.describe.remote()).log_end_offset == 3
 
 
 def test_the_leader_orders_overtaken_batches_by_sequence(cluster, topic_name):
     rs.Admin().create_topic(topic_name, partitions=1)
     replica = leader_of(topic_name)
     pid, epoch = call(controller().init_producer_id.remote())
-    later = replica.produce.remote(batch_of(3, "second-"), -1, 10_000, None, pid, epoch, 3)  # arrives first
+    later = replica.produce.remote(ProduceRequest(batch_of(3, "second-"), -1, 10_000, None, pid, epoch, 3))  # arrives first
     time.sleep(0.2)
     first = produce(replica, batch_of(3, "first-"), pid, epoch, 0)
     assert (first.base_offset, call(later).base_offset) == (0, 3)
@@ -132,7 +132,7 @@ def test_a_restarted_replica_rebuilds_its_producer_state(cluster, topic_name):
             raise AssertionError("the replica did not come back as leader")
         time.sleep(0.1)
     assert retry.base_offset == sent[2].base_offset == 8  # the duplicate is still recognised
-    assert call(replica.describe.remote())["log_end_offset"] == 12
+    assert call(replica.describe.remote()).log_end_offset == 12
     with pytest.raises(errors.OutOfOrderSequenceError):
         produce(replica, batch_of(1), pid, epoch, 20, timeout_ms=200)
     assert produce(replica, batch_of(1), pid, epoch, 12).base_offset == 12

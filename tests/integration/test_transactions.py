@@ -11,7 +11,7 @@ import ray
 
 import raystream as rs
 from raystream import errors
-from raystream.protocol import ACTOR_NAMESPACE, controller_actor_name, replica_actor_name
+from raystream.protocol import ACTOR_NAMESPACE, FetchRequest, controller_actor_name, replica_actor_name
 
 pytestmark = pytest.mark.integration
 DEADLINE_S = 30
@@ -37,7 +37,7 @@ def plain_send(topic, value: bytes, partition=0) -> None:
 
 def leader_fetch(topic, partition, read_committed: bool):
     leader = ray.get_actor(replica_actor_name("it", topic, partition, 0), namespace=ACTOR_NAMESPACE)
-    return ray.get(leader.fetch.remote(0, 1 << 20, 0, 1, None, None, None, read_committed))
+    return ray.get(leader.fetch.remote(FetchRequest(0, 1 << 20, 0, 1, None, None, None, read_committed)))
 
 
 def test_commit_makes_every_record_visible_at_once(cluster, topic_name):

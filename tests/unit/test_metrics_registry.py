@@ -169,8 +169,8 @@ def test_group_lag_gauge_uses_the_leaders_high_watermarks(recorded, tmp_path):
             self.key = key
             self.list_offset = SimpleNamespace(remote=self.answer)
 
-        async def answer(self, spec):
-            asked.append((self.key, spec))
+        async def answer(self, request):  # a ListOffsetsRequest
+            asked.append((self.key, request.spec))
             if high_watermarks[self.key] is None:
                 raise TimeoutError("leader restarting")
             return high_watermarks[self.key]

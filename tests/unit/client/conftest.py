@@ -11,8 +11,10 @@ from raystream.client import Consumer, Producer, context
 
 
 @pytest.fixture
-def fake() -> FakeTransport:
-    return FakeTransport()
+def fake() -> Iterator[FakeTransport]:
+    transport = FakeTransport()
+    yield transport
+    transport.close()  # the partitions' logs live in a temporary directory
 
 
 @pytest.fixture

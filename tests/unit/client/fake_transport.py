@@ -1,55 +1,50 @@
 """An in-process stand-in for the controller and the partition replica actors.
 
-Each partition is a list of stored Arrow batches (``_offset``, ``_timestamp``, then the user columns) with
-a log start offset and a high watermark (= log end offset unless ``hold_high_watermark``). Leaders are
-broker ids; a request to a non-leader fails with NotLeaderError as a real replica would. Tests inject
-faults (``inject``), move leaders (``move_leader``), make produce responses wait (``hold_produce``) and
-inspect every call (``calls``).
+Each partition is a :class:`fake_partition.FakePartition`: a real ``raystream.storage.log.Log`` in a
+temporary directory with the real core's produce / fetch / list-offsets decisions
+(``raystream.core.partition``, the real ``ProducerStateManager`` for idempotence), so the client tests
+exercise the decisions a replica makes. Leaders are broker ids; a request to a non-leader fails in the core
+with NotLeaderError as a real replica would. Tests inject faults (``inject``), move leaders
+(``set_leader``), make produce responses wait (``hold_produce``), hold the high watermark (``hold_hw``,
+then ``advance_high_watermark``), delete a log's head (``truncate_front``) and inspect every call
+(``calls``).
 
-Idempotent produce requests are checked by the real ``ProducerStateManager`` (one per partition), exactly
-as a replica checks them. ``inject("produce", ...)`` fails a request before anything is written;
-``inject("produce_after_append", ...)`` writes it and then fails the response (a lost reply).
+``inject("produce", ...)`` fails a request before anything is written; ``inject("produce_after_append",
+...)`` writes it and then fails the response (a lost reply).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
+import tempfile
 import threading
 import time
+import weakref
 from concurrent.futures import Future
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
+from fake_partition import FakePartition
 
 from raystream import errors
 from raystream.client.base import BaseTransport
-from raystream.core.producer_state import ProducerStateManager
 from raystream.protocol import (
-    EARLIEST,
-    LATEST,
     BrokerInfo,
-    FetchResult,
+    FetchRequest,
+    ListOffsetsRequest,
     PartitionInfo,
     PartitionState,
-    ProduceResult,
+    ProduceRequest,
     TopicDescription,
     TopicMetadata,
     TopicPartition,
 )
-from raystream.record import RECORD_SCHEMA, increment_sequence
-from raystream.storage.batch import BatchHeader
+from raystream.record import RECORD_SCHEMA
 
 
-@dataclasses.dataclass
-class FakeLog:
-    schema: pa.Schema
-    batches: list[pa.RecordBatch] = dataclasses.field(default_factory=list)
-    log_start_offset: int = 0
-    log_end_offset: int = 0
-    high_watermark: int = 0
-    producers: ProducerStateManager = dataclasses.field(default_factory=lambda: ProducerStateManager("fake"))
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
 
 
 @dataclasses.dataclass
@@ -67,7 +62,10 @@ class FakeTransport(BaseTransport):
         self.brokers = list(range(brokers))
         self.lock = threading.RLock()
         self.topics: dict[str, TopicMetadata] = {}
-        self.logs: dict[TopicPartition, FakeLog] = {}
+        #: One per partition (``.producers`` is its ProducerStateManager, ``.log`` its Log).
+        self.logs: dict[TopicPartition, FakePartition] = {}
+        self._directory = tempfile.TemporaryDirectory(prefix="raystream-fake-")
+        self._closer = weakref.finalize(self, _close, self.logs, self._directory)
         self.max_message_bytes: dict[str, int] = {}
         self.calls: list[tuple] = []
         self.faults: list[Fault] = []
@@ -77,7 +75,11 @@ class FakeTransport(BaseTransport):
         self.hold_hw = False
         self.holding_failures = False
         self.next_producer_id = 1000
-        self._waiters: dict[TopicPartition, list[tuple[Future, tuple]]] = {}
+        self._waiters: dict[TopicPartition, list[tuple[Future, int, FetchRequest]]] = {}
+
+    def close(self) -> None:
+        """Close every partition's log and remove the temporary directory (also done at collection)."""
+        self._closer()
 
     # -- helpers for tests -----------------------------------------------------------------------------------
     def add_topic(self, name: str, partitions: int = 1, schema: pa.Schema | None = None,
@@ -89,9 +91,16 @@ class FakeTransport(BaseTransport):
             meta = TopicMetadata(name, states, {"max.message.bytes": max_message_bytes}, schema_bytes, key_column)
             self.topics[name] = meta
             self.max_message_bytes[name] = max_message_bytes
-            for p in range(partitions):
-                self.logs[TopicPartition(name, p)] = FakeLog(schema if schema is not None else RECORD_SCHEMA)
+            for state in states:
+                self._new_partition(state, schema, key_column, max_message_bytes)
             return meta
+
+    def _new_partition(self, state: PartitionState, schema: pa.Schema | None, key_column: str | None,
+                       max_message_bytes: int) -> None:
+        directory = os.path.join(self._directory.name, f"{state.topic}-{state.partition}")
+        self.logs[state.tp] = FakePartition(str(state.tp), directory, schema if schema is not None else RECORD_SCHEMA,
+                                            key_column, max_message_bytes, list(self.brokers), state.leader,
+                                            _now_ms())
 
     def set_leader(self, tp: TopicPartition, broker: int) -> None:
         """Move (or with -1, take offline) the leader; bumps the leader epoch."""
@@ -101,6 +110,7 @@ class FakeTransport(BaseTransport):
             old = parts[tp.partition]
             parts[tp.partition] = dataclasses.replace(old, leader=broker, leader_epoch=old.leader_epoch + 1)
             self.topics[tp.topic] = dataclasses.replace(meta, partitions=tuple(parts))
+            self.logs[tp].elect(broker, old.leader_epoch + 1, _now_ms())
 
     def leader_of(self, tp: TopicPartition) -> int:
         return self.topics[tp.topic].partitions[tp.partition].leader
@@ -128,23 +138,16 @@ class FakeTransport(BaseTransport):
 
     def truncate_front(self, tp: TopicPartition, offset: int) -> None:
         with self.lock:
-            log = self.logs[tp]
-            log.log_start_offset = offset
-            log.batches = [b.filter(pc.greater_equal(b.column("_offset"), offset)) for b in log.batches]
-            log.batches = [b for b in log.batches if b.num_rows]
+            self.logs[tp].truncate_front(offset)
 
     def advance_high_watermark(self, tp: TopicPartition) -> None:
         with self.lock:
-            log = self.logs[tp]
-            log.high_watermark = log.log_end_offset
+            self.logs[tp].advance_high_watermark()
             self._wake(tp)
 
     def records(self, tp: TopicPartition) -> pa.Table:
         with self.lock:
-            log = self.logs[tp]
-            if not log.batches:
-                return pa.Table.from_batches([], schema=_stored_schema(log.schema))
-            return pa.Table.from_batches(log.batches)
+            return self.logs[tp].records()
 
     def values(self, tp: TopicPartition) -> list:
         return self.records(tp).column("value").to_pylist()
@@ -169,15 +172,10 @@ class FakeTransport(BaseTransport):
             raise errors.UnknownTopicOrPartitionError(f"unknown topic {name!r}", topic=name)
         return meta
 
-    def _check_leader(self, tp: TopicPartition, broker: int, epoch: int | None) -> FakeLog:
+    def _partition(self, tp: TopicPartition) -> FakePartition:
         meta = self._topic(tp.topic)
         if tp.partition >= len(meta.partitions):
             raise errors.UnknownTopicOrPartitionError(f"unknown partition {tp}")
-        state = meta.partitions[tp.partition]
-        if state.leader != broker:
-            raise errors.NotLeaderError(f"broker {broker} is not the leader of {tp}")
-        if epoch is not None and epoch < state.leader_epoch:
-            raise errors.FencedLeaderEpochError(f"epoch {epoch} < {state.leader_epoch}")
         return self.logs[tp]
 
     @staticmethod
@@ -217,7 +215,7 @@ class FakeTransport(BaseTransport):
             meta = self._topic(name)
             del self.topics[name]
             for p in range(len(meta.partitions)):
-                del self.logs[TopicPartition(name, p)]
+                self.logs.pop(TopicPartition(name, p)).close()
 
     def list_topics(self, timeout_s: float | None = None) -> list[str]:
         self.calls.append(("list_topics",))
@@ -253,8 +251,8 @@ class FakeTransport(BaseTransport):
             schema = meta.schema
             new = tuple(PartitionState(name, p, tuple(self.brokers), self.brokers[p % len(self.brokers)], 0,
                                        tuple(self.brokers)) for p in range(current, total))
-            for p in range(current, total):
-                self.logs[TopicPartition(name, p)] = FakeLog(schema if schema is not None else RECORD_SCHEMA)
+            for state in new:
+                self._new_partition(state, schema, meta.key_column, self.max_message_bytes[name])
             self.topics[name] = dataclasses.replace(meta, partitions=meta.partitions + new)
             return self.topics[name]
 
@@ -268,26 +266,17 @@ class FakeTransport(BaseTransport):
     # -- replicas --------------------------------------------------------------------------------------------
     def produce(self, tp: TopicPartition, broker_id: int, batch: pa.RecordBatch, acks: int, timeout_ms: int,
                 leader_epoch: int | None = None, producer_id: int = -1, producer_epoch: int = -1,
-                base_sequence: int = -1) -> Future:
+                base_sequence: int = -1, replay: bool = False, transactional: bool = False) -> Future:
         with self.lock:
             self.calls.append(("produce", tp, broker_id, batch.num_rows, acks, batch, producer_id, producer_epoch,
                                base_sequence))
+            request = ProduceRequest(batch, acks, timeout_ms, leader_epoch, producer_id, producer_epoch,
+                                     base_sequence, replay, transactional)
             try:
                 self._fault("produce", tp)
-                log = self._check_leader(tp, broker_id, leader_epoch)
-                limit = self.max_message_bytes.get(tp.topic, 1 << 40)
-                if batch.nbytes > limit:
-                    raise errors.RecordTooLargeError(f"batch of {batch.nbytes} bytes > {limit}")
-                duplicate = None
-                if producer_id >= 0:
-                    duplicate = log.producers.check_and_prepare(
-                        producer_id, producer_epoch, base_sequence,
-                        increment_sequence(base_sequence, batch.num_rows - 1), 0)
-                if duplicate is not None:
-                    result = ProduceResult(duplicate.base_offset, -1, log.log_start_offset,
-                                           duplicate.last_offset - duplicate.base_offset + 1, duplicate.timestamp)
-                else:
-                    result = self._append(tp, log, batch, producer_id, producer_epoch, base_sequence)
+                result = self._partition(tp).produce(broker_id, request, _now_ms(), advance_hw=not self.hold_hw)
+                if not self.hold_hw:
+                    self._wake(tp)
                 self._fault("produce_after_append", tp)
             except Exception as exc:
                 if not (self.holding and self.holding_failures):
@@ -299,136 +288,82 @@ class FakeTransport(BaseTransport):
                 return future
             return self._done(result)
 
-    def _append(self, tp: TopicPartition, log: FakeLog, batch: pa.RecordBatch, producer_id: int = -1,
-                producer_epoch: int = -1, base_sequence: int = -1) -> ProduceResult:
-        names = [n for n in batch.schema.names if n != "_timestamp"]
-        if names != log.schema.names:
-            raise errors.SchemaMismatchError(f"{names} != {log.schema.names}")
-        n = batch.num_rows
-        now = time.time_ns() // 1_000_000
-        if "_timestamp" in batch.schema.names:
-            ts = batch.column("_timestamp").fill_null(now)
-        else:
-            ts = pa.array(np.full(n, now, dtype=np.int64))
-        base = log.log_end_offset
-        offsets = pa.array(np.arange(base, base + n, dtype=np.int64))
-        stored = pa.RecordBatch.from_arrays([offsets, ts] + [batch.column(c) for c in log.schema.names],
-                                            schema=_stored_schema(log.schema))
-        log.batches.append(stored)
-        log.log_end_offset += n
-        max_ts = int(pc.max(ts).as_py())
-        log.producers.update(BatchHeader(base, n - 1, n, max_ts, max_ts, 0, producer_id, producer_epoch,
-                                         base_sequence), 0)
-        if not self.hold_hw:
-            log.high_watermark = log.log_end_offset
-            self._wake(tp)
-        return ProduceResult(base, -1, log.log_start_offset, n, max_ts)
-
-    def _read(self, log: FakeLog, offset: int, max_bytes: int, columns: list[str] | None) -> tuple[list, int]:
-        out, total, next_offset = [], 0, offset
-        for batch in log.batches:
-            offsets = batch.column("_offset").to_numpy()
-            lo, hi = int(np.searchsorted(offsets, offset)), int(np.searchsorted(offsets, log.high_watermark))
-            if lo >= hi:
-                continue
-            piece = batch.slice(lo, hi - lo)
-            if columns is not None:
-                piece = piece.select(["_offset", "_timestamp"] + [c for c in columns])
-            if out and total + piece.nbytes > max_bytes:
-                break
-            out.append(piece)
-            total += piece.nbytes
-            next_offset = int(offsets[hi - 1]) + 1
-        return out, next_offset
-
     def fetch(self, tp: TopicPartition, broker_id: int, offset: int, max_bytes: int, max_wait_ms: int,
               min_bytes: int, columns: list[str] | None = None, leader_epoch: int | None = None,
-              row_filter: Any = None) -> Future:
+              row_filter: Any = None, read_committed: bool = False) -> Future:
+        """The replica's long poll: answered at once with ``min_bytes``, else when the high watermark moves
+        far enough, else after ``max_wait_ms`` with what there is."""
         with self.lock:
             self.calls.append(("fetch", tp, broker_id, offset, columns))
+            request = FetchRequest(offset, max_bytes, max_wait_ms, min_bytes, columns, leader_epoch, row_filter,
+                                   read_committed)
             try:
                 self._fault("fetch", tp)
-                log = self._check_leader(tp, broker_id, leader_epoch)
-                if columns is not None:
-                    unknown = [c for c in columns if c not in log.schema.names]
-                    if unknown:
-                        raise ValueError(f"unknown columns {unknown}")
-                if offset < log.log_start_offset or offset > log.high_watermark:
-                    raise errors.OffsetOutOfRangeError(
-                        f"offset {offset} out of range for {tp}", offset=offset,
-                        log_start_offset=log.log_start_offset, log_end_offset=log.high_watermark)
-                batches, next_offset = self._read(log, offset, max_bytes, columns)
+                result = self._partition(tp).fetch(broker_id, request)
             except Exception as exc:
                 return self._done(exc=exc)
-            if batches or max_wait_ms <= 0:
-                return self._done(self._result(log, batches, next_offset))
+            if result.bytes >= min_bytes or max_wait_ms <= 0:
+                return self._done(result)
             future: Future = Future()
-            args = (offset, max_bytes, columns)
-            self._waiters.setdefault(tp, []).append((future, args))
-            timer = threading.Timer(max_wait_ms / 1000, self._expire_waiter, (tp, future, offset))
+            self._waiters.setdefault(tp, []).append((future, broker_id, request))
+            timer = threading.Timer(max_wait_ms / 1000, self._expire_waiter, (tp, future, broker_id, request))
             timer.daemon = True
             timer.start()
             return future
 
-    def _result(self, log: FakeLog, batches: list, next_offset: int) -> FetchResult:
-        return FetchResult(batches, log.high_watermark, log.log_start_offset, log.log_end_offset, next_offset,
-                           sum(b.nbytes for b in batches))
-
     def _wake(self, tp: TopicPartition) -> None:
-        waiters = self._waiters.pop(tp, [])
-        log = self.logs[tp]
-        for future, (offset, max_bytes, columns) in waiters:
-            if not future.done():
-                try:
-                    batches, next_offset = self._read(log, offset, max_bytes, columns)
-                    future.set_result(self._result(log, batches, next_offset))
-                except Exception as exc:  # pragma: no cover
-                    future.set_exception(exc)
+        """The high watermark moved: answer the waiting fetches that now have ``min_bytes``."""
+        partition = self.logs[tp]
+        waiting = []
+        for future, broker, request in self._waiters.pop(tp, []):
+            if future.done():
+                continue
+            try:
+                result = partition.fetch(broker, request)
+            except Exception as exc:
+                future.set_exception(exc)
+                continue
+            if result.bytes >= request.min_bytes:
+                future.set_result(result)
+            else:
+                waiting.append((future, broker, request))
+        if waiting:
+            self._waiters[tp] = waiting
 
-    def _expire_waiter(self, tp: TopicPartition, future: Future, offset: int) -> None:
+    def _expire_waiter(self, tp: TopicPartition, future: Future, broker: int, request: FetchRequest) -> None:
         with self.lock:
             if future.done():
                 return
-            waiters = self._waiters.get(tp, [])
-            self._waiters[tp] = [w for w in waiters if w[0] is not future]
-            log = self.logs.get(tp)
-            if log is None:
+            self._waiters[tp] = [w for w in self._waiters.get(tp, []) if w[0] is not future]
+            partition = self.logs.get(tp)
+            if partition is None:
                 future.set_exception(errors.UnknownTopicOrPartitionError(f"{tp} deleted"))
-            else:
-                future.set_result(self._result(log, [], offset))
+                return
+            try:
+                future.set_result(partition.fetch(broker, request))
+            except Exception as exc:
+                future.set_exception(exc)
 
-    def list_offset(self, tp: TopicPartition, broker_id: int, spec: int) -> Future:
+    def list_offset(self, tp: TopicPartition, broker_id: int, spec: int, read_committed: bool = False) -> Future:
         with self.lock:
             self.calls.append(("list_offset", tp, broker_id, spec))
             try:
                 self._fault("list_offset", tp)
-                log = self._check_leader(tp, broker_id, None)
+                answer = self._partition(tp).list_offset(broker_id, ListOffsetsRequest(spec, read_committed))
             except Exception as exc:
                 return self._done(exc=exc)
-            answer = self._list_offset(log, spec)
             if self.holding_list_offset:
                 future: Future = Future()
                 self.held.append((future, answer))
                 return future
             return self._done(answer)
 
-    @staticmethod
-    def _list_offset(log: FakeLog, spec: int) -> int:
-        if spec == EARLIEST:
-            return log.log_start_offset
-        if spec == LATEST:
-            return log.high_watermark
-        for batch in log.batches:
-            for offset, ts in zip(batch.column("_offset").to_pylist(), batch.column("_timestamp").to_pylist(),
-                                  strict=True):
-                if ts >= spec and offset < log.high_watermark:
-                    return offset
-        return -1
 
-
-def _stored_schema(schema: pa.Schema) -> pa.Schema:
-    return pa.schema([pa.field("_offset", pa.int64(), nullable=False),
-                      pa.field("_timestamp", pa.int64(), nullable=False)] + list(schema))
+def _close(partitions: dict[TopicPartition, FakePartition], directory: tempfile.TemporaryDirectory) -> None:
+    for partition in partitions.values():
+        partition.close()
+    partitions.clear()
+    directory.cleanup()
 
 
 def wait_for(condition, timeout: float = 10.0, message: str = "condition") -> None:

@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 
 from raystream.core.producer_state import (
     AbortedTransaction,
-    BatchMetadata,
     DuplicateBatch,
+    ProducerBatch,
     ProducerStateManager,
     ReplayOverlap,
     batch_last_sequence,
@@ -299,7 +299,7 @@ def test_damaged_snapshot_bytes_are_corrupt(producer, damage):
 
 
 def test_entry_helpers():
-    batch = BatchMetadata(3, 5, 10, 12, NOW)
+    batch = ProducerBatch(3, 5, 10, 12, NOW)
     assert batch.base_offset == 10
     assert ProducerStateManager("p").entry(PID) is None
     with pytest.raises(ValueError):

@@ -6,11 +6,11 @@ controller may record it before the leader hears the answer, and may elect the n
 
 from raystream.core.election import elect_leader
 from raystream.core.metadata import ClusterMetadata
-from raystream.core.partition_state import PartitionState
+from raystream.core.partition import Partition
 
 
 def leader_of(replicas, isr, partition_epoch, leo, hw):
-    state = PartitionState("t-0 broker=1", 1)
+    state = Partition("t-0 broker=1", 1)
     state.become_leader(1, replicas, isr, partition_epoch, log_end_offset=leo, high_watermark=hw, now_ms=0)
     return state
 
