@@ -15,7 +15,6 @@ Not thread-safe (like Kafka's consumer): use one consumer from one thread at a t
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 from collections import deque
@@ -34,6 +33,7 @@ from raystream.client.consumer_config import (
     check_timeout,
     check_tp,
     commit_offsets,
+    subscription_args,
     tp_list,
 )
 from raystream.client.convert import (
@@ -189,21 +189,9 @@ class Consumer:
         self._check_open()
         if self._group is None:
             raise ValueError(f"subscribe: {_NO_GROUP}")
-        if isinstance(topics, re.Pattern):
-            topics, pattern = None, topics
-        if pattern is not None:
-            pattern = re.compile(pattern) if isinstance(pattern, str) else pattern
-            if not isinstance(pattern, re.Pattern) or topics:
-                raise TypeError("pass either topics or a pattern (str or re.Pattern)")
-            names: set[str] = set()
-        else:
-            if isinstance(topics, str) or not isinstance(topics, Iterable):
-                raise TypeError("topics must be a list of topic names")
-            names = set(topics)
-            if not names or not all(isinstance(t, str) and t for t in names):
-                raise ValueError("topics must be a non-empty list of topic names")
-            for topic in sorted(names):
-                self._metadata.get(topic, timeout_s=self._api_timeout_s)  # unknown topic: a clear error now
+        names, pattern = subscription_args(topics, pattern)
+        for topic in sorted(names):
+            self._metadata.get(topic, timeout_s=self._api_timeout_s)  # unknown topic: a clear error now
         for name, fn in (("on_assign", on_assign), ("on_revoke", on_revoke), ("on_lost", on_lost)):
             if fn is not None and not callable(fn):
                 raise TypeError(f"{name} must be callable")

@@ -3,13 +3,15 @@
 ``Consumer.__init__``'s signature, which is the public API (SPEC); this class only holds and checks the
 values, raising TypeError / ValueError before anything connects. Immutable, so thread-safe.
 
-Also the argument checks the consumer's methods share (ints, timeouts, partitions, commit offsets).
+Also the argument checks of the consumer's methods (ints, timeouts, partitions, commit offsets,
+subscriptions).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -68,6 +70,24 @@ def commit_offsets(offsets: Mapping[TopicPartition, Any] | None,
             raise TypeError("commit metadata must be a str")
         out[tp] = (offset, metadata)
     return out
+
+
+def subscription_args(topics: Any, pattern: Any) -> tuple[set[str], re.Pattern | None]:
+    """``Consumer.subscribe``'s ``topics`` / ``pattern`` as (topic names, compiled pattern); exactly one
+    is given (a compiled pattern may come as ``topics``)."""
+    if isinstance(topics, re.Pattern):
+        topics, pattern = None, topics
+    if pattern is not None:
+        pattern = re.compile(pattern) if isinstance(pattern, str) else pattern
+        if not isinstance(pattern, re.Pattern) or topics:
+            raise TypeError("pass either topics or a pattern (str or re.Pattern)")
+        return set(), pattern
+    if isinstance(topics, str) or not isinstance(topics, Iterable):
+        raise TypeError("topics must be a list of topic names")
+    names = set(topics)
+    if not names or not all(isinstance(t, str) and t for t in names):
+        raise ValueError("topics must be a non-empty list of topic names")
+    return names, None
 
 
 #: Integer settings and the smallest value each accepts.
