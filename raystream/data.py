@@ -36,6 +36,8 @@ from ray.data.block import BlockAccessor, BlockMetadata
 
 from raystream import errors
 from raystream.client.convert import arrow_table, output_schema, requested_columns, to_arrow, user_schema
+from raystream.client.list_offsets import ListOffsets, MetadataLeaders
+from raystream.client.offset_spec import OffsetSpec, parse_offset_spec
 from raystream.client.transport import RayTransport
 from raystream.protocol import EARLIEST, LATEST, TopicMetadata, TopicPartition
 from raystream.record import OFFSET_COLUMN
@@ -96,60 +98,41 @@ def _retrying(what: str, call: Any, timeout_s: float) -> Any:
 
 def _list_offsets(transport: RayTransport, topic: str, partitions: list[int], spec: int,
                   timeout_s: float, read_committed: bool = False) -> dict[int, int]:
-    """ListOffsets of ``spec`` (EARLIEST, LATEST or a timestamp) on each partition's current leader."""
-    def once() -> dict[int, int]:
-        meta = _topic_metadata(transport, topic)
-        states = {ps.partition: ps for ps in meta.partitions}
-        futures = {}
-        for p in partitions:
-            ps = states.get(p)
-            if ps is None:
-                raise errors.UnknownTopicOrPartitionError(f"unknown partition {topic}-{p}")
-            if ps.leader < 0:
-                raise errors.LeaderNotAvailableError(f"{topic}-{p} has no leader")
-            tp = TopicPartition(topic, p)
-            futures[p] = (transport.list_offset(tp, ps.leader, spec, read_committed=True) if read_committed
-                          else transport.list_offset(tp, ps.leader, spec))
-        return {p: int(f.result(timeout=timeout_s)) for p, f in futures.items()}
-
-    return _retrying(f"list offsets of {topic}", once, timeout_s)
+    """ListOffsets of ``spec`` (EARLIEST, LATEST or a timestamp) on each partition's current leader,
+    retried for up to ``timeout_s``; the last retriable error (or RequestTimeoutError) when time is up."""
+    leaders = MetadataLeaders(lambda topics: {topic: _retrying(f"metadata of {topic}",
+                                                              lambda: _topic_metadata(transport, topic), timeout_s)})
+    lister = ListOffsets(transport, leaders, retry_backoff_s=_RETRY_BACKOFF_S)
+    result = lister.run({TopicPartition(topic, p): spec for p in partitions}, timeout_s, read_committed)
+    error = result.first_error() or next((e for e in result.unanswered.values() if e is not None), None)
+    if error is None and result.unanswered:
+        error = errors.RequestTimeoutError(f"offsets of {sorted(map(str, result.unanswered))} not found "
+                                           f"within {timeout_s:.3f} s")
+    if error is not None:
+        raise error
+    return {tp.partition: offset for tp, offset in result.offsets.items()}
 
 
 # -- read ------------------------------------------------------------------------------------------------------
-def _spec_partitions(spec: Any) -> list[int] | None:
-    if isinstance(spec, Mapping) and set(spec) != {"timestamp"}:
-        return sorted(int(p) for p in spec)
-    return None
-
-
-def _resolve(transport: RayTransport, topic: str, partitions: list[int], spec: Any, what: str,
+def _resolve(transport: RayTransport, topic: str, partitions: list[int], spec: OffsetSpec, what: str,
              bounds: tuple[dict[int, int], dict[int, int]], timeout_s: float) -> dict[int, int]:
     """Offsets of ``spec`` for every partition, clamped to ``[log_start_offset, high_watermark]``."""
     log_start, hw = bounds
-    if spec == "earliest":
+    if spec.kind == "earliest":
         raw = dict(log_start)
-    elif spec == "latest":
+    elif spec.kind == "latest":
         raw = dict(hw)
-    elif isinstance(spec, Mapping) and set(spec) == {"timestamp"}:
-        ts = spec["timestamp"]
-        if not isinstance(ts, int) or isinstance(ts, bool) or ts < 0:
-            raise ValueError(f"{what} timestamp must be an int >= 0 (ms), got {ts!r}")
-        found = _list_offsets(transport, topic, partitions, ts, timeout_s)
+    elif spec.kind == "timestamp":
+        found = _list_offsets(transport, topic, partitions, spec.list_offsets_spec, timeout_s)
         raw = {p: (hw[p] if off < 0 else off) for p, off in found.items()}  # no record that late: the end
-    elif isinstance(spec, Mapping):
-        raw = {}
-        for p, off in spec.items():
-            if not isinstance(off, int) or isinstance(off, bool) or off < 0:
-                raise ValueError(f"{what} offset of partition {p} must be an int >= 0, got {off!r}")
-            raw[int(p)] = off
+    elif spec.kind == "partitions":
+        assert spec.offsets is not None
+        raw = dict(spec.offsets)
         missing = [p for p in partitions if p not in raw]
         if missing:  # only when start and end dicts name different partitions
             raise ValueError(f"{what} names no offset for partitions {missing}")
-    elif isinstance(spec, int) and not isinstance(spec, bool) and spec >= 0:
-        raw = dict.fromkeys(partitions, spec)
     else:
-        raise ValueError(f"{what} must be 'earliest', 'latest', an offset >= 0, {{'timestamp': ms}} or a dict "
-                         f"partition -> offset; got {spec!r}")
+        raw = dict.fromkeys(partitions, spec.offset)
     return {p: min(max(raw[p], log_start[p]), hw[p]) for p in partitions}
 
 
@@ -322,9 +305,10 @@ def read_topic(topic: str, start: Any = "earliest", end: Any = "latest", columns
     selection = _selection(meta, columns)
     all_partitions = sorted(ps.partition for ps in meta.partitions)
     partitions = all_partitions
-    for spec in (start, end):
-        chosen = _spec_partitions(spec)
-        if chosen is not None:
+    specs = [parse_offset_spec(spec, what, per_partition=True) for spec, what in ((start, "start"), (end, "end"))]
+    for spec in specs:
+        if spec.offsets is not None:
+            chosen = sorted(spec.offsets)
             unknown = [p for p in chosen if p not in all_partitions]
             if unknown:
                 raise errors.UnknownTopicOrPartitionError(f"topic {topic!r} has no partitions {unknown}")
@@ -332,8 +316,8 @@ def read_topic(topic: str, start: Any = "earliest", end: Any = "latest", columns
     timeout_s = retry_timeout_s
     bounds = (_list_offsets(transport, topic, partitions, EARLIEST, timeout_s),
               _list_offsets(transport, topic, partitions, LATEST, timeout_s, read_committed))
-    starts = _resolve(transport, topic, partitions, start, "start", bounds, timeout_s)
-    ends = _resolve(transport, topic, partitions, end, "end", bounds, timeout_s)
+    starts = _resolve(transport, topic, partitions, specs[0], "start", bounds, timeout_s)
+    ends = _resolve(transport, topic, partitions, specs[1], "end", bounds, timeout_s)
     ranges = [(p, starts[p], ends[p]) for p in partitions]
     if override_num_blocks is None and parallelism is not None:
         override_num_blocks = parallelism

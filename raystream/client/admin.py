@@ -9,7 +9,6 @@ Thread-safe (holds no mutable state besides the closed flag).
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -18,10 +17,12 @@ import pyarrow as pa
 from raystream import errors
 from raystream.client import context
 from raystream.client.base import BaseTransport
+from raystream.client.list_offsets import ListOffsets, MetadataLeaders
+from raystream.client.offset_spec import parse_offset_spec
 from raystream.core.lag import consumer_lag
 from raystream.core.names import validate_topic_name
 from raystream.errors import ClosedError
-from raystream.protocol import EARLIEST, LATEST, GroupDescription, TopicDescription, TopicPartition
+from raystream.protocol import LATEST, GroupDescription, TopicDescription, TopicPartition
 from raystream.record import check_user_schema
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,9 @@ class Admin:
         self._transport = context.resolve(cluster, transport)
         self._timeout_s = request_timeout_ms / 1000
         self._closed = False
+        leaders = MetadataLeaders(lambda topics: self._transport.get_metadata(topics, timeout_s=self._timeout_s))
+        self._list_offsets = ListOffsets(self._transport, leaders, retry_backoff_s=_RETRY_BACKOFF_S,
+                                         retry_leaderless=False)
 
     def create_topic(self, name: str, partitions: int | None = None, replication_factor: int | None = None,
                      config: Mapping[str, Any] | None = None, schema: pa.Schema | None = None,
@@ -165,16 +169,15 @@ class Admin:
             tps = [TopicPartition(partitions, s.partition) for s in meta.partitions]
         else:
             tps = [tp if isinstance(tp, TopicPartition) else TopicPartition(*tp) for tp in partitions]
-        if to in ("earliest", "latest"):
-            targets = self._offsets_of(tps, EARLIEST if to == "earliest" else LATEST)
-        elif isinstance(to, Mapping) and set(to) == {"timestamp"}:
-            found = self._offsets_of(tps, _check_count("timestamp", to["timestamp"]) or 0)
+        spec = parse_offset_spec(to, "to", min_timestamp_ms=1)
+        if spec.kind == "offset":
+            targets: dict[TopicPartition, int | None] = {tp: spec.offset for tp in tps}
+        elif spec.kind == "timestamp":
+            found = self._offsets_of(tps, spec.list_offsets_spec)
             latest = self._offsets_of(tps, LATEST)
             targets = {tp: (o if o is not None and o >= 0 else latest.get(tp)) for tp, o in found.items()}
-        elif isinstance(to, int) and not isinstance(to, bool) and to >= 0:
-            targets = {tp: to for tp in tps}
         else:
-            raise ValueError(f"to must be 'earliest', 'latest', {{'timestamp': ms}} or an offset >= 0, got {to!r}")
+            targets = self._offsets_of(tps, spec.list_offsets_spec)
         missing = [str(tp) for tp, o in targets.items() if o is None]
         if missing:
             raise errors.LeaderNotAvailableError(f"no leader answered for {missing}; try again")
@@ -191,31 +194,12 @@ class Admin:
         as Kafka's admin client does; a partition without a leader is None at once."""
         if not tps:
             return {}
-        out: dict[TopicPartition, int | None] = {tp: None for tp in tps}
-        deadline = time.monotonic() + self._timeout_s
-        pending = list(tps)
-        while pending:
-            metas = self._transport.get_metadata(sorted({tp.topic for tp in pending}), timeout_s=self._timeout_s)
-            futures = {}
-            for tp in pending:
-                parts = metas[tp.topic].partitions
-                if tp.partition >= len(parts):
-                    raise errors.UnknownTopicOrPartitionError(f"no partition {tp}", topic=tp.topic)
-                if parts[tp.partition].leader >= 0:
-                    futures[tp] = self._transport.list_offset(tp, parts[tp.partition].leader, spec)
-            retry = []
-            for tp, future in futures.items():
-                try:
-                    out[tp] = future.result(timeout=max(deadline - time.monotonic(), 0.0))
-                except errors.RaystreamError as exc:
-                    if exc.retriable:
-                        retry.append(tp)
-                    log.debug("list offsets of %s: %s: %s", tp, type(exc).__name__, exc)
-            if not retry or time.monotonic() >= deadline:
-                break
-            pending = retry
-            time.sleep(_RETRY_BACKOFF_S)
-        return out
+        result = self._list_offsets.run(dict.fromkeys(tps, spec), self._timeout_s)
+        for tp, exc in result.failed.items():
+            if not isinstance(exc, errors.RaystreamError):
+                raise exc
+            log.debug("list offsets of %s: %s: %s", tp, type(exc).__name__, exc)
+        return {tp: result.offsets.get(tp) for tp in tps}
 
     def close(self) -> None:
         self._closed = True

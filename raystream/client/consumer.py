@@ -3,17 +3,18 @@
 
 ``poll`` returns up to ``max_poll_records`` :class:`~raystream.protocol.Record` objects (headers as a list
 of ``(key, value)`` tuples, as kafka-python); ``poll_arrow`` returns a ``pyarrow.Table`` without converting
-anything to Python. Fetching, prefetching and position resets live in :mod:`raystream.client.fetcher`.
+anything to Python. This class is the façade; the parts are Kafka's: the assigned partitions, their
+positions and pause flags in :mod:`raystream.client.subscription_state`; fetching, prefetching and
+position resets in :mod:`raystream.client.fetcher`; ``beginning_offsets`` / ``end_offsets`` /
+``offsets_for_times`` in :mod:`raystream.client.offset_fetcher`; the configuration checks in
+:mod:`raystream.client.consumer_config`.
 
 Not thread-safe (like Kafka's consumer): use one consumer from one thread at a time.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import math
-import re
 import threading
 import time
 from collections import deque
@@ -26,6 +27,15 @@ import pyarrow.compute as pc
 
 from raystream.client import context
 from raystream.client.base import BaseTransport
+from raystream.client.consumer_config import (
+    ConsumerConfig,
+    check_int,
+    check_timeout,
+    check_tp,
+    commit_offsets,
+    subscription_args,
+    tp_list,
+)
 from raystream.client.convert import (
     arrow_table,
     output_schema,
@@ -34,57 +44,17 @@ from raystream.client.convert import (
     to_records,
     user_schema,
 )
-from raystream.client.fetcher import RESET_SPECS, Fetcher
+from raystream.client.fetcher import Fetcher
 from raystream.client.group import DEFAULT_ASSIGNORS, ConsumerGroupMetadata, GroupMember
 from raystream.client.metadata import MetadataCache
-from raystream.core.assignors import ASSIGNORS
+from raystream.client.offset_fetcher import OffsetAndTimestamp, OffsetFetcher
+from raystream.client.subscription_state import SubscriptionState
 from raystream.errors import ClosedError, RaystreamError, RequestTimeoutError, UnknownTopicOrPartitionError
 from raystream.protocol import EARLIEST, LATEST, Record, TopicPartition
-from raystream.record import TIMESTAMP_COLUMN
 
 log = logging.getLogger(__name__)
 
 _NO_GROUP = "this needs a consumer with a group_id (Kafka: InvalidGroupIdException)"
-
-
-@dataclasses.dataclass(frozen=True)
-class OffsetAndTimestamp:
-    """Answer of ``offsets_for_times``: the first offset whose timestamp is >= the one asked, and the
-    timestamp of that record."""
-
-    offset: int
-    timestamp: int
-
-
-def _check_timeout(name: str, value: Any) -> float | None:
-    if value is None:
-        return None
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        raise TypeError(f"{name} must be a number of seconds, got {type(value).__name__}")
-    if math.isnan(value) or value < 0:
-        raise ValueError(f"{name} must be >= 0, got {value}")
-    return float(value)
-
-
-def _check_int(name: str, value: Any, minimum: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-
-
-def _check_tp(tp: Any) -> TopicPartition:
-    if not isinstance(tp, TopicPartition):
-        raise TypeError(f"expected a TopicPartition, got {type(tp).__name__}")
-    return tp
-
-
-def _tp_list(partitions: Any) -> list[TopicPartition]:
-    if isinstance(partitions, TopicPartition):
-        return [partitions]
-    if isinstance(partitions, (str, bytes)) or not isinstance(partitions, Iterable):
-        raise TypeError("partitions must be a list of TopicPartition")
-    return [_check_tp(tp) for tp in partitions]
 
 
 class Consumer:
@@ -109,58 +79,38 @@ class Consumer:
                  group_instance_id: str | None = None,
                  partition_assignment_strategy: Iterable[str] = DEFAULT_ASSIGNORS,
                  cluster: Any = None, transport: BaseTransport | None = None) -> None:
-        if group_id is not None and (not isinstance(group_id, str) or not group_id):
-            raise TypeError("group_id must be a non-empty str or None")
-        if group_instance_id is not None and (not isinstance(group_instance_id, str) or group_id is None):
-            raise ValueError("group_instance_id must be a str, and needs a group_id")
-        strategies = [partition_assignment_strategy] if isinstance(partition_assignment_strategy, str) \
-            else list(partition_assignment_strategy)
-        unknown_strategies = [a for a in strategies if a not in ASSIGNORS]
-        if not strategies or unknown_strategies:
-            raise ValueError(f"partition_assignment_strategy must name assignors among {sorted(ASSIGNORS)}, "
-                             f"got {strategies!r}")
-        if heartbeat_interval_ms >= session_timeout_ms:
-            raise ValueError(f"heartbeat_interval_ms ({heartbeat_interval_ms}) must be lower than "
-                             f"session_timeout_ms ({session_timeout_ms}), as in Kafka")
-        if auto_offset_reset not in RESET_SPECS:
-            raise ValueError(f"auto_offset_reset must be 'earliest', 'latest' or 'none', got {auto_offset_reset!r}")
-        if isolation_level not in ("read_uncommitted", "read_committed"):
-            raise ValueError(f"isolation_level must be 'read_uncommitted' or 'read_committed', "
-                             f"got {isolation_level!r}")
-        for name, value, minimum in (("max_poll_records", max_poll_records, 1), ("fetch_min_bytes", fetch_min_bytes, 0),
-                                     ("fetch_max_wait_ms", fetch_max_wait_ms, 0), ("fetch_max_bytes", fetch_max_bytes, 1),
-                                     ("max_partition_fetch_bytes", max_partition_fetch_bytes, 1),
-                                     ("request_timeout_ms", request_timeout_ms, 1),
-                                     ("retry_backoff_ms", retry_backoff_ms, 0),
-                                     ("metadata_max_age_ms", metadata_max_age_ms, 0),
-                                     ("default_api_timeout_ms", default_api_timeout_ms, 1),
-                                     ("auto_commit_interval_ms", auto_commit_interval_ms, 0),
-                                     ("session_timeout_ms", session_timeout_ms, 1),
-                                     ("heartbeat_interval_ms", heartbeat_interval_ms, 1),
-                                     ("max_poll_interval_ms", max_poll_interval_ms, 1)):
-            _check_int(name, value, minimum)
-        if consumer_timeout_ms is not None:
-            _check_int("consumer_timeout_ms", consumer_timeout_ms, 0)
-        for name, fn in (("key_deserializer", key_deserializer), ("value_deserializer", value_deserializer)):
-            if fn is not None and not callable(fn):
-                raise TypeError(f"{name} must be callable")
+        config = ConsumerConfig(  # checks every argument before anything connects
+            group_id=group_id, auto_offset_reset=auto_offset_reset, enable_auto_commit=enable_auto_commit,
+            auto_commit_interval_ms=auto_commit_interval_ms, isolation_level=isolation_level,
+            session_timeout_ms=session_timeout_ms, heartbeat_interval_ms=heartbeat_interval_ms,
+            max_poll_interval_ms=max_poll_interval_ms, max_poll_records=max_poll_records,
+            fetch_min_bytes=fetch_min_bytes, fetch_max_wait_ms=fetch_max_wait_ms, fetch_max_bytes=fetch_max_bytes,
+            max_partition_fetch_bytes=max_partition_fetch_bytes, request_timeout_ms=request_timeout_ms,
+            retry_backoff_ms=retry_backoff_ms, metadata_max_age_ms=metadata_max_age_ms,
+            default_api_timeout_ms=default_api_timeout_ms, consumer_timeout_ms=consumer_timeout_ms,
+            key_deserializer=key_deserializer, value_deserializer=value_deserializer, client_id=client_id,
+            group_instance_id=group_instance_id, partition_assignment_strategy=partition_assignment_strategy)
         self._transport = context.resolve(cluster, transport)
+        self._config = config
         self.group_id = group_id
         self.client_id = client_id
         self.enable_auto_commit = bool(enable_auto_commit)
         self.isolation_level = isolation_level
         self.max_poll_records = max_poll_records
-        self._api_timeout_s = default_api_timeout_ms / 1000
-        self._consumer_timeout_s = None if consumer_timeout_ms is None else consumer_timeout_ms / 1000
-        self._key_deserializer = key_deserializer
-        self._value_deserializer = value_deserializer
+        self._api_timeout_s = config.api_timeout_s
+        self._consumer_timeout_s = config.consumer_timeout_s
         self._metadata = MetadataCache(self._transport, request_timeout_ms=request_timeout_ms,
                                        retry_backoff_ms=retry_backoff_ms, max_age_ms=metadata_max_age_ms)
-        self._fetcher = Fetcher(self._transport, self._metadata, auto_offset_reset=auto_offset_reset,
-                                fetch_min_bytes=fetch_min_bytes, fetch_max_wait_ms=fetch_max_wait_ms,
-                                fetch_max_bytes=fetch_max_bytes, max_partition_fetch_bytes=max_partition_fetch_bytes,
+        self._subscriptions = SubscriptionState()
+        self._fetcher = Fetcher(self._transport, self._metadata, self._subscriptions,
+                                auto_offset_reset=auto_offset_reset, fetch_min_bytes=fetch_min_bytes,
+                                fetch_max_wait_ms=fetch_max_wait_ms, fetch_max_bytes=fetch_max_bytes,
+                                max_partition_fetch_bytes=max_partition_fetch_bytes,
                                 request_timeout_ms=request_timeout_ms, retry_backoff_ms=retry_backoff_ms)
-        self._fetcher.read_committed = isolation_level == "read_committed"
+        self._fetcher.read_committed = config.read_committed
+        self._offsets = OffsetFetcher(self._transport, self._metadata, retry_backoff_ms=retry_backoff_ms,
+                                      read_committed=config.read_committed,
+                                      refresh_metadata=self._fetcher.refresh_metadata)
         self._iter_records: deque[Record] = deque()
         self._closed = False
         self._auto_commit_s = auto_commit_interval_ms / 1000
@@ -168,15 +118,15 @@ class Consumer:
         self._group = None if group_id is None else GroupMember(
             self._transport, group_id, client_id=client_id, group_instance_id=group_instance_id,
             session_timeout_ms=session_timeout_ms, heartbeat_interval_ms=heartbeat_interval_ms,
-            max_poll_interval_ms=max_poll_interval_ms, assignors=strategies, retry_backoff_ms=retry_backoff_ms,
-            metadata_max_age_ms=metadata_max_age_ms)
+            max_poll_interval_ms=max_poll_interval_ms, assignors=config.assignors,
+            retry_backoff_ms=retry_backoff_ms, metadata_max_age_ms=metadata_max_age_ms)
 
     # -- assignment ------------------------------------------------------------------------------------------
     def assign(self, partitions: Iterable[TopicPartition]) -> None:
         """Read exactly these partitions (replacing any previous assignment; positions of partitions kept
         are kept). Raises UnknownTopicOrPartitionError for a partition that does not exist."""
         self._check_open()
-        tps = list(dict.fromkeys(_tp_list(partitions)))
+        tps = list(dict.fromkeys(tp_list(partitions)))
         for tp in tps:
             if not isinstance(tp.topic, str) or not isinstance(tp.partition, int) or tp.partition < 0:
                 raise ValueError(f"invalid partition {tp!r}")
@@ -190,14 +140,14 @@ class Consumer:
             if missing:
                 raise UnknownTopicOrPartitionError(f"topic {topic!r} has {len(meta.partitions)} partitions; "
                                                    f"no partition {missing}", topic=topic, partitions=missing)
-        self._fetcher.assign(tps)
+        self._subscriptions.assign(tps)
         self._iter_records.clear()
 
     def assignment(self) -> set[TopicPartition]:
         """The partitions this consumer reads. A group member reports only what it owns in the group's
         current generation (nothing once it learns its generation is gone)."""
         self._check_open()
-        assigned = set(self._fetcher.states)
+        assigned = self._subscriptions.assigned()
         member = self._member()
         return assigned if member is None else member.reportable(assigned)
 
@@ -223,7 +173,7 @@ class Consumer:
                 self._group.on_revoke(set(self._group.owned))
             self._group.close(leave=True)
             self._group.owned, self._group.topics, self._group.pattern = set(), set(), None
-        self._fetcher.assign([])
+        self._subscriptions.assign([])
         self._iter_records.clear()
 
     def subscribe(self, topics: Any = None, on_assign: Callable[[set[TopicPartition]], Any] | None = None,
@@ -239,25 +189,13 @@ class Consumer:
         self._check_open()
         if self._group is None:
             raise ValueError(f"subscribe: {_NO_GROUP}")
-        if isinstance(topics, re.Pattern):
-            topics, pattern = None, topics
-        if pattern is not None:
-            pattern = re.compile(pattern) if isinstance(pattern, str) else pattern
-            if not isinstance(pattern, re.Pattern) or topics:
-                raise TypeError("pass either topics or a pattern (str or re.Pattern)")
-            names: set[str] = set()
-        else:
-            if isinstance(topics, str) or not isinstance(topics, Iterable):
-                raise TypeError("topics must be a list of topic names")
-            names = set(topics)
-            if not names or not all(isinstance(t, str) and t for t in names):
-                raise ValueError("topics must be a non-empty list of topic names")
-            for topic in sorted(names):
-                self._metadata.get(topic, timeout_s=self._api_timeout_s)  # unknown topic: a clear error now
+        names, pattern = subscription_args(topics, pattern)
+        for topic in sorted(names):
+            self._metadata.get(topic, timeout_s=self._api_timeout_s)  # unknown topic: a clear error now
         for name, fn in (("on_assign", on_assign), ("on_revoke", on_revoke), ("on_lost", on_lost)):
             if fn is not None and not callable(fn):
                 raise TypeError(f"{name} must be callable")
-        self._fetcher.assign([])
+        self._subscriptions.assign([])
         self._group.subscribe(names, pattern, on_assign, on_revoke, on_lost)
 
     def subscription(self) -> set[str]:
@@ -271,7 +209,7 @@ class Consumer:
         self._check_open()
         if self._group is None:
             raise ValueError(f"commit: {_NO_GROUP}")
-        prepared = self._commit_offsets(offsets)
+        prepared = commit_offsets(offsets, self._subscriptions.positions())
         if not asynchronous:
             self._group.commit(prepared)
             return None
@@ -286,28 +224,13 @@ class Consumer:
         threading.Thread(target=run, daemon=True, name="raystream-async-commit").start()
         return future
 
-    def _commit_offsets(self, offsets: Mapping[TopicPartition, Any] | None) -> dict[TopicPartition, tuple[int, str]]:
-        if offsets is None:
-            return {tp: (s.position, "") for tp, s in self._fetcher.states.items() if s.position is not None}
-        if not isinstance(offsets, Mapping):
-            raise TypeError("offsets must be a dict of TopicPartition -> offset")
-        out = {}
-        for tp, value in offsets.items():
-            tp = _check_tp(tp)
-            offset, metadata = value if isinstance(value, tuple) else (value, "")
-            _check_int(f"offset of {tp}", offset, 0)
-            if not isinstance(metadata, str):
-                raise TypeError("commit metadata must be a str")
-            out[tp] = (offset, metadata)
-        return out
-
     def committed(self, partitions: Any, timeout: float | None = None) -> dict[TopicPartition, int | None]:
         """The group's committed offset of each partition (None where nothing was committed)."""
         self._check_open()
         if self._group is None:
             raise ValueError(f"committed: {_NO_GROUP}")
-        tps = _tp_list(partitions)
-        timeout = _check_timeout("timeout", timeout)
+        tps = tp_list(partitions)
+        timeout = check_timeout("timeout", timeout)
         found = self._group.committed(tps, self._api_timeout_s if timeout is None else timeout)
         return {tp: (found[tp][0] if tp in found else None) for tp in tps}
 
@@ -319,8 +242,7 @@ class Consumer:
         if not force and now - self._last_auto_commit < self._auto_commit_s:
             return
         self._last_auto_commit = now
-        offsets = {tp: (s.position, "") for tp, s in self._fetcher.states.items()
-                   if s.position is not None and (partitions is None or tp in partitions)}
+        offsets = {tp: (position, "") for tp, position in self._subscriptions.positions(partitions).items()}
         if not offsets:
             return
         try:
@@ -331,7 +253,7 @@ class Consumer:
     def _apply_group_assignment(self, assignment: list[TopicPartition], added: list[TopicPartition]) -> None:
         """The group's decision: read ``assignment``; ``added`` partitions start at the committed offset
         (else at ``auto_offset_reset``)."""
-        self._fetcher.assign(assignment)
+        self._subscriptions.assign(assignment)
         self._iter_records.clear()
         if not added:
             return
@@ -340,22 +262,22 @@ class Consumer:
         committed = self._group.committed(added, self._api_timeout_s) if self._group is not None else {}
         for tp in added:
             if tp in committed:
-                self._fetcher.seek(tp, committed[tp][0])
+                self._subscriptions.seek(tp, committed[tp][0])
 
     # -- polling ---------------------------------------------------------------------------------------------
     def poll(self, timeout: float = 1.0, max_records: int | None = None) -> list[Record]:
         """Up to ``max_records`` (default ``max_poll_records``) records, waiting up to ``timeout`` s for
         some. Headers are lists of ``(key, value)`` tuples."""
         self._check_open()
-        timeout = _check_timeout("timeout", timeout)
+        timeout = check_timeout("timeout", timeout)
         if max_records is not None:
-            _check_int("max_records", max_records, 1)
+            check_int("max_records", max_records, 1)
         self._fetcher.columns = {}
         self._fetcher.row_filter = None
         records: list[Record] = []
         for tp, batch in self._poll(timeout, max_records or self.max_poll_records):
             meta = self._metadata.get(tp.topic)
-            records.extend(to_records(tp, batch, meta, self._key_deserializer, self._value_deserializer))
+            records.extend(to_records(tp, batch, meta, self._config.key_deserializer, self._config.value_deserializer))
         return records
 
     def poll_arrow(self, timeout: float = 1.0, columns: list[str] | None = None,
@@ -367,14 +289,14 @@ class Consumer:
         ``pyarrow.compute.Expression`` over the user columns (and ``_offset`` / ``_timestamp``), evaluated
         inside the partition replicas, so rows it rejects never cross Ray; positions still move past them."""
         self._check_open()
-        timeout = _check_timeout("timeout", timeout)
+        timeout = check_timeout("timeout", timeout)
         if max_records is not None:
-            _check_int("max_records", max_records, 1)
+            check_int("max_records", max_records, 1)
         if filter is not None and not isinstance(filter, pc.Expression):
             raise TypeError(f"filter must be a pyarrow.compute.Expression, got {type(filter).__name__}")
         self._fetcher.row_filter = filter
         selection = self._selection(columns)
-        metas = {tp.topic: self._metadata.get(tp.topic) for tp in self._fetcher.states}
+        metas = {tp.topic: self._metadata.get(tp.topic) for tp in self._subscriptions.states}
         self._fetcher.columns = ({} if selection is None else
                                  {t: tuple(c for c in selection if c in user_schema(m).names)
                                   for t, m in metas.items()})
@@ -387,10 +309,10 @@ class Consumer:
         if wanted is None:
             return None
         known = set()
-        for topic in {tp.topic for tp in self._fetcher.states}:
+        for topic in {tp.topic for tp in self._subscriptions.states}:
             known.update(user_schema(self._metadata.get(topic)).names)
         unknown = [c for c in wanted if c not in known]
-        if unknown and self._fetcher.states:
+        if unknown and self._subscriptions.states:
             raise ValueError(f"unknown columns {unknown}; the assigned topics have {sorted(known)}")
         return wanted
 
@@ -417,8 +339,8 @@ class Consumer:
 
     # -- positions -------------------------------------------------------------------------------------------
     def _assigned(self, tp: Any) -> TopicPartition:
-        tp = _check_tp(tp)
-        if tp not in self._fetcher.states:
+        tp = check_tp(tp)
+        if not self._subscriptions.is_assigned(tp):
             raise ValueError(f"partition {tp} is not assigned to this consumer")
         return tp
 
@@ -426,8 +348,8 @@ class Consumer:
         """Read ``tp`` from ``offset`` on (data already fetched for it is dropped)."""
         self._check_open()
         tp = self._assigned(tp)
-        _check_int("offset", offset, 0)
-        self._fetcher.seek(tp, offset)
+        check_int("offset", offset, 0)
+        self._subscriptions.seek(tp, offset)
         self._iter_records.clear()
 
     def seek_to_beginning(self, partitions: Any = None) -> None:
@@ -440,27 +362,27 @@ class Consumer:
 
     def _seek_to(self, partitions: Any, spec: int) -> None:
         self._check_open()
-        tps = list(self._fetcher.states) if partitions is None else [self._assigned(tp) for tp in _tp_list(partitions)]
+        tps = list(self._subscriptions.states) if partitions is None else [self._assigned(tp) for tp in tp_list(partitions)]
         for tp in tps:
-            self._fetcher.request_reset(tp, spec)
+            self._subscriptions.request_reset(tp, spec)
         self._iter_records.clear()
 
     def position(self, tp: TopicPartition, timeout: float | None = None) -> int:
         """The offset of the next record ``poll`` will return for ``tp`` (resolving a pending reset)."""
         self._check_open()
         tp = self._assigned(tp)
-        timeout = _check_timeout("timeout", timeout)
+        timeout = check_timeout("timeout", timeout)
         timeout = self._api_timeout_s if timeout is None else timeout
         if not self._fetcher.reset_positions(timeout, [tp]):
             raise RequestTimeoutError(f"position of {tp} not found within {timeout} s")
-        position = self._fetcher.states[tp].position
+        position = self._subscriptions.position(tp)
         assert position is not None
         return position
 
     def highwater(self, tp: TopicPartition) -> int | None:
         """The partition's high watermark as of the last fetch (None before any)."""
         self._check_open()
-        return self._fetcher.states[self._assigned(tp)].high_watermark
+        return self._subscriptions.high_watermark(self._assigned(tp))
 
     def beginning_offsets(self, partitions: Iterable[TopicPartition], timeout: float | None = None
                           ) -> dict[TopicPartition, int]:
@@ -473,10 +395,10 @@ class Consumer:
 
     def _list_offsets(self, partitions: Any, spec: int, timeout: Any) -> dict[TopicPartition, int]:
         self._check_open()
-        tps = _tp_list(partitions)
-        timeout = _check_timeout("timeout", timeout)
+        tps = tp_list(partitions)
+        timeout = check_timeout("timeout", timeout)
         self._load_metadata(tps)
-        return self._fetcher.list_offsets({tp: spec for tp in tps}, self._api_timeout_s if timeout is None else timeout)
+        return self._offsets.list_offsets({tp: spec for tp in tps}, self._api_timeout_s if timeout is None else timeout)
 
     def offsets_for_times(self, timestamps: Mapping[TopicPartition, int], timeout: float | None = None
                           ) -> dict[TopicPartition, OffsetAndTimestamp | None]:
@@ -486,29 +408,11 @@ class Consumer:
         if not isinstance(timestamps, Mapping):
             raise TypeError("timestamps must be a mapping of TopicPartition -> timestamp ms")
         for tp, ts in timestamps.items():
-            _check_tp(tp)
-            _check_int(f"timestamp for {tp}", ts, 0)
-        timeout = _check_timeout("timeout", timeout)
-        timeout = self._api_timeout_s if timeout is None else timeout
+            check_tp(tp)
+            check_int(f"timestamp for {tp}", ts, 0)
+        timeout = check_timeout("timeout", timeout)
         self._load_metadata(list(timestamps))
-        offsets = self._fetcher.list_offsets(dict(timestamps), timeout)
-        return {tp: (None if offsets[tp] < 0 else OffsetAndTimestamp(offsets[tp], self._timestamp_at(tp, offsets[tp],
-                                                                                                   timeout)))
-                for tp in timestamps}
-
-    def _timestamp_at(self, tp: TopicPartition, offset: int, timeout: float) -> int:
-        leader = self._metadata.leader(tp)
-        if leader is None:
-            return -1
-        try:
-            result = self._transport.fetch(tp, leader[0], offset, 1, 0, 0, [], leader[1]).result(timeout)
-        except Exception as exc:  # the offset is the answer that matters; its timestamp is a courtesy
-            log.debug("timestamp of %s@%d unavailable: %s", tp, offset, exc)
-            return -1
-        for batch in result.batches:
-            if batch.num_rows:
-                return batch.column(TIMESTAMP_COLUMN)[0].as_py()
-        return -1
+        return self._offsets.offsets_for_times(timestamps, self._api_timeout_s if timeout is None else timeout)
 
     def _load_metadata(self, tps: list[TopicPartition]) -> None:
         for topic in sorted({tp.topic for tp in tps}):
@@ -518,17 +422,17 @@ class Consumer:
     def pause(self, partitions: Iterable[TopicPartition]) -> None:
         """Stop fetching (and returning) these partitions until ``resume``; buffered data is kept."""
         self._check_open()
-        for tp in _tp_list(partitions):
-            self._fetcher.states[self._assigned(tp)].paused = True
+        for tp in tp_list(partitions):
+            self._subscriptions.set_paused(self._assigned(tp), True)
 
     def resume(self, partitions: Iterable[TopicPartition]) -> None:
         self._check_open()
-        for tp in _tp_list(partitions):
-            self._fetcher.states[self._assigned(tp)].paused = False
+        for tp in tp_list(partitions):
+            self._subscriptions.set_paused(self._assigned(tp), False)
 
     def paused(self) -> set[TopicPartition]:
         self._check_open()
-        return {tp for tp, state in self._fetcher.states.items() if state.paused}
+        return self._subscriptions.paused()
 
     # -- topics ----------------------------------------------------------------------------------------------
     def topics(self) -> set[str]:
@@ -550,7 +454,7 @@ class Consumer:
             self._auto_commit(force=True)
             self._group.close()
         self._closed = True
-        self._fetcher.assign([])
+        self._subscriptions.assign([])
         self._iter_records.clear()
 
     @property

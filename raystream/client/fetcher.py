@@ -1,5 +1,6 @@
-"""The consumer's fetch state: per assigned partition, its position, buffered fetch results and the one
-fetch in flight.
+"""The consumer's fetching: per assigned partition (its state in
+:class:`~raystream.client.subscription_state.SubscriptionState`), buffered fetch results, the one fetch in
+flight, and position resets.
 
 Prefetching: a partition gets a new fetch whenever it has none in flight and at most one completed fetch
 buffered, so the next fetch is already travelling while the user processes the current records (at most
@@ -32,15 +33,15 @@ import numpy as np
 import pyarrow as pa
 
 from raystream.client.base import BaseTransport
+from raystream.client.list_offsets import send_list_offset
 from raystream.client.metadata import MetadataCache
-from raystream.errors import NoOffsetForPartitionError, OffsetOutOfRangeError, RequestTimeoutError
-from raystream.protocol import EARLIEST, LATEST, FetchResult, TopicPartition
+from raystream.client.offset_spec import RESET_SPECS
+from raystream.client.subscription_state import SubscriptionState, TopicPartitionState
+from raystream.errors import NoOffsetForPartitionError, OffsetOutOfRangeError
+from raystream.protocol import EARLIEST, FetchResult, TopicPartition
 from raystream.record import OFFSET_COLUMN
 
 log = logging.getLogger(__name__)
-
-RESET_SPECS = {"earliest": EARLIEST, "latest": LATEST, "none": None}
-
 
 @dataclasses.dataclass(eq=False)
 class _Fetched:
@@ -67,27 +68,11 @@ class _InFlight:
     row_filter: Any = None
 
 
-@dataclasses.dataclass(eq=False)
-class PartitionState:
-    tp: TopicPartition
-    position: int | None = None  # next offset to hand to the user; None until reset
-    reset: int | None = None  # pending reset (EARLIEST/LATEST) asked by seek_to_*; None: use the policy
-    paused: bool = False
-    epoch: int = 0
-    buffer: deque[_Fetched] = dataclasses.field(default_factory=deque)
-    inflight: _InFlight | None = None
-    resetting: tuple[Future, int] | None = None  # list_offset in flight for a reset, and its epoch
-    high_watermark: int | None = None
-    log_start_offset: int | None = None
-    retry_at: float = 0.0
-
-    def invalidate(self) -> None:
-        self.epoch += 1
-        self.buffer.clear()
-
-
 class Fetcher:
-    def __init__(self, transport: BaseTransport, metadata: MetadataCache, *, auto_offset_reset: str,
+    """Fetches for the partitions of ``subscriptions`` (which it shares with the consumer façade)."""
+
+    def __init__(self, transport: BaseTransport, metadata: MetadataCache, subscriptions: SubscriptionState, *,
+                 auto_offset_reset: str,
                  fetch_min_bytes: int, fetch_max_wait_ms: int, fetch_max_bytes: int,
                  max_partition_fetch_bytes: int, request_timeout_ms: int, retry_backoff_ms: int) -> None:
         self.transport = transport
@@ -98,7 +83,7 @@ class Fetcher:
         self.max_bytes = min(max_partition_fetch_bytes, fetch_max_bytes)
         self.request_timeout_s = request_timeout_ms / 1000
         self.backoff_s = retry_backoff_ms / 1000
-        self.states: dict[TopicPartition, PartitionState] = {}
+        self.subscriptions = subscriptions
         self.read_committed = False  # isolation_level="read_committed": fetch below the LSO, no aborted data
         self.columns: dict[str, tuple[str, ...] | None] = {}  # per topic, for new fetches
         self.row_filter: Any = None  # a pyarrow.compute.Expression for new fetches (poll_arrow's filter)
@@ -106,21 +91,12 @@ class Fetcher:
         self._rotation = 0
         self._idle = threading.Event()  # waited on when nothing is in flight
 
-    # -- assignment and positions ----------------------------------------------------------------------------
-    def assign(self, tps: Iterable[TopicPartition]) -> None:
-        old = self.states
-        self.states = {tp: old.get(tp) or PartitionState(tp) for tp in tps}
+    @property
+    def states(self) -> dict[TopicPartition, TopicPartitionState]:
+        """The assigned partitions' states (owned by ``subscriptions``; replaced on every assignment)."""
+        return self.subscriptions.states
 
-    def seek(self, tp: TopicPartition, offset: int) -> None:
-        state = self.states[tp]
-        state.position, state.reset = offset, None
-        state.invalidate()
-
-    def request_reset(self, tp: TopicPartition, spec: int) -> None:
-        state = self.states[tp]
-        state.position, state.reset = None, spec
-        state.invalidate()
-
+    # -- positions -------------------------------------------------------------------------------------------
     def reset_positions(self, timeout_s: float, tps: Iterable[TopicPartition] | None = None) -> bool:
         """Give positions to partitions that have none (per their pending reset, else the policy), waiting
         up to ``timeout_s``. The ``list_offset`` requests stay in flight across calls, so ``poll(0)`` in a
@@ -145,7 +121,7 @@ class Fetcher:
                 self._idle.wait(timeout)
             self.refresh_metadata([s.tp for s in pending])
 
-    def _advance_reset(self, state: PartitionState, now: float) -> bool:
+    def _advance_reset(self, state: TopicPartitionState, now: float) -> bool:
         """Move a position reset along (take in its answer, or send its request); True once positioned."""
         spec = state.reset if state.reset is not None else self.policy
         if spec is None:
@@ -177,47 +153,7 @@ class Fetcher:
 
     def _list_offset(self, tp: TopicPartition, broker: int, spec: int):
         """ListOffsets as this consumer's isolation level sees them ("latest" is the LSO for read_committed)."""
-        if self.read_committed:
-            return self.transport.list_offset(tp, broker, spec, read_committed=True)
-        return self.transport.list_offset(tp, broker, spec)
-
-    def list_offsets(self, specs: dict[TopicPartition, int], timeout_s: float,
-                     raise_on_timeout: bool = True) -> dict[TopicPartition, int]:
-        """``list_offset`` on each partition's leader, concurrently, retrying retriable errors until
-        ``timeout_s``; then RequestTimeoutError (or, without ``raise_on_timeout``, the partial answer)."""
-        deadline = time.monotonic() + timeout_s
-        out: dict[TopicPartition, int] = {}
-        pending = dict(specs)
-        while True:
-            futures = {}
-            for tp, spec in pending.items():
-                leader = self.metadata.leader(tp)
-                if leader is None:
-                    self.metadata.request_update(tp.topic)
-                    continue
-                futures[tp] = self._list_offset(tp, leader[0], spec)
-            concurrent.futures.wait(list(futures.values()), timeout=max(0.0, deadline - time.monotonic()))
-            for tp, future in futures.items():
-                if not future.done():
-                    continue
-                exc = future.exception()
-                if exc is None:
-                    out[tp] = future.result()
-                    del pending[tp]
-                elif not getattr(exc, "retriable", False):
-                    raise exc
-                elif getattr(exc, "invalid_metadata", False):
-                    self.metadata.request_update(tp.topic)
-            if not pending:
-                return out
-            now = time.monotonic()
-            if now + self.backoff_s >= deadline:
-                if raise_on_timeout:
-                    raise RequestTimeoutError(f"offsets of {sorted(map(str, pending))} not found within "
-                                              f"{timeout_s:.3f} s")
-                return out
-            self._idle.wait(self.backoff_s)
-            self.refresh_metadata(pending)
+        return send_list_offset(self.transport, tp, broker, spec, self.read_committed)
 
     def refresh_metadata(self, tps: Iterable[TopicPartition] | None = None) -> None:
         topics = {tp.topic for tp in (tps if tps is not None else self.states)}
@@ -278,7 +214,7 @@ class Fetcher:
             exc, self._error = self._error, None
             raise exc
 
-    def _store(self, state: PartitionState, request: _InFlight, result: FetchResult) -> None:
+    def _store(self, state: TopicPartitionState, request: _InFlight, result: FetchResult) -> None:
         state.high_watermark, state.log_start_offset = result.high_watermark, result.log_start_offset
         batches = deque(b for b in result.batches if b.num_rows)
         if batches:  # a log may answer from the start of a batch: drop rows before the fetch offset
@@ -293,7 +229,7 @@ class Fetcher:
             state.buffer.append(_Fetched(batches, max(result.next_offset, request.offset), request.columns,
                                          request.row_filter))
 
-    def _on_error(self, state: PartitionState, request: _InFlight, exc: BaseException, now: float) -> None:
+    def _on_error(self, state: TopicPartitionState, request: _InFlight, exc: BaseException, now: float) -> None:
         if isinstance(exc, OffsetOutOfRangeError):
             if self.policy is None:
                 self._error = exc
