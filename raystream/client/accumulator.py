@@ -2,17 +2,20 @@
 
 User threads append records (``send``) or prebuilt Arrow batches (``send_batch``); the sender thread drains
 ready batches from the head of each partition's queue (as many as it may put in flight) and puts failed
-ones back at the head to retry, so a partition's batches leave in order. A record batch keeps its records as Python lists and is
-turned into Arrow arrays, column by column, only when drained (:meth:`ProducerBatch.build`).
+ones back at the head to retry, so a partition's batches leave in order. A record batch keeps its records
+as Python lists and is turned into Arrow arrays, column by column, only when drained
+(:meth:`ProducerBatch.build`).
 
 A batch is *ready* when it is full (another batch queued behind it, or ``batch_size`` reached), has waited
 ``linger_ms``, or a flush or close is in progress; a retried batch waits ``retry_backoff_ms`` first.
 
 Thread-safety: one condition variable (:attr:`RecordAccumulator.cond`) guards everything here. It also
-wakes the sender (``wakeup``) and the user threads blocked on a full ``buffer_memory``. ``append`` (the
-per-record path) takes the condition's (C-level) lock directly and notifies only when it starts a new batch
-or fills one (the sender's linger timer covers the rest). Never call the transport or user callbacks while
-holding it.
+wakes the sender (:meth:`~RecordAccumulator.wake`, :meth:`~RecordAccumulator.await_wakeup`) and the user
+threads blocked on a full ``buffer_memory``; the producer and the sender use these methods (and
+``begin_flush`` / ``await_flush_completion``), never the condition itself. ``append`` (the per-record
+path) takes the condition's (C-level) lock directly and notifies only when it starts a new batch or fills
+one (the sender's linger timer covers the rest). Never call the transport or user callbacks while holding
+it.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from raystream.client.futures import BatchResult, RecordFuture
+from raystream.client.futures import BatchResult, RecordFuture, wait_all
 from raystream.errors import ClosedError, RequestTimeoutError
 from raystream.protocol import TopicMetadata, TopicPartition
 from raystream.record import HEADER_TYPE, RECORD_SCHEMA, TIMESTAMP_COLUMN, increment_sequence
@@ -260,7 +263,53 @@ class RecordAccumulator:
         with self.cond:
             return list(self._incomplete)
 
+    # -- flush (user threads; Kafka's beginFlush / awaitFlushCompletion) ------------------------------------
+    def begin_flush(self) -> None:
+        """Make every queued batch ready now, ignoring ``linger_ms``, until the matching ``end_flush``."""
+        with self.cond:
+            self.flushing += 1
+            self._wake()
+
+    def end_flush(self) -> None:
+        with self.cond:
+            self.flushing -= 1
+
+    def await_flush_completion(self, timeout: float | None) -> int:
+        """Wait until every batch queued or in flight when called is done; returns how many are still
+        pending when ``timeout`` (s) runs out (0: all done)."""
+        pending = self.incomplete()
+        if wait_all(pending, timeout):
+            return 0
+        return sum(1 for r in pending if not r.done())
+
+    # -- waking the sender (any thread) ----------------------------------------------------------------------
+    def wake(self) -> None:
+        """Make the sender look again (at once if it sleeps in :meth:`await_wakeup`)."""
+        with self._lock:
+            self._wake()
+
+    def close(self) -> None:
+        """Refuse new records (appends raise ClosedError; what is queued is drained at once) and wake the
+        sender."""
+        with self._lock:
+            self.closed = True
+            self._wake()
+
     # -- sender thread ---------------------------------------------------------------------------------------
+    def await_wakeup(self, timeout_s: float, ready: Callable[[], bool]) -> None:
+        """Sleep up to ``timeout_s`` unless a wakeup is pending or ``ready()`` (the sender's own news, e.g.
+        finished requests). Both are checked under the lock that :meth:`wake` takes, so news that comes
+        with a wake() after the check is not missed."""
+        with self._lock:
+            if not (self.wakeup or ready()):
+                self.cond.wait(timeout_s)
+
+    def pause(self, timeout_s: float) -> None:
+        """Sleep ``timeout_s``, or until the next wakeup, whether or not one is pending (the sender's pause
+        after an unexpected error: a pending wakeup must not make it spin)."""
+        with self._lock:
+            self.cond.wait(timeout_s)
+
     def drain(self, now: float, can_send: Callable[[TopicPartition], int],
               busy: Callable[[TopicPartition], bool] | None = None) -> tuple[list[ProducerBatch], float]:
         """Pop ready batches from the head of every partition's queue, as many as ``can_send(tp)`` allows
@@ -329,6 +378,12 @@ class RecordAccumulator:
         with self.cond:
             self._used -= batch.size
             self.cond.notify_all()
+
+    def remove_queued(self, partitions: set[TopicPartition] | frozenset[TopicPartition]) -> list[ProducerBatch]:
+        """Remove and return the batches queued for ``partitions`` (they cannot be sent: the sender fails
+        them)."""
+        with self.cond:
+            return [b for tp in partitions for b in self._queues.pop((tp.topic, tp.partition), ())]
 
     def drain_all(self) -> list[ProducerBatch]:
         """Remove and return every queued batch (a forced close fails them)."""

@@ -76,6 +76,12 @@ class BaseTransport(abc.ABC):
         raise NotImplementedError."""
         raise NotImplementedError(f"{type(self).__name__} has no transaction coordinator")
 
+    def txn_submit(self, method: str, *args: Any) -> Future:
+        """:meth:`txn_call` without blocking: a future of its answer (the producer's sender keeps its
+        AddPartitionsToTxn in flight while other partitions send). Transports without transactions answer
+        with a future failed with NotImplementedError; a transport with them implements both."""
+        return failed_future(NotImplementedError(f"{type(self).__name__} has no transaction coordinator"))
+
     # -- consumer groups (the controller's group coordinator; see raystream.actors.groups) --------------------
     def group_call(self, method: str, *args: Any, timeout_s: float | None = None) -> Any:
         """Call a group-coordinator method of the controller (``join_group``, ``heartbeat_group``,

@@ -32,17 +32,16 @@ from raystream.client import context
 from raystream.client.accumulator import RECORDS, ROWS, RecordAccumulator
 from raystream.client.base import BaseTransport
 from raystream.client.batches import key_partitions, record_table, split_by_partition
-from raystream.client.futures import BatchFuture, RecordFuture, ResultTimeoutError, wait_all
+from raystream.client.futures import BatchFuture, RecordFuture, ResultTimeoutError
 from raystream.client.metadata import MetadataCache
 from raystream.client.sender import Sender
 from raystream.client.serde import RECORD_OVERHEAD_BYTES, normalize_headers, record_size, row_size, serialize
+from raystream.client.transaction_manager import TransactionManager, producer_mode
 from raystream.clock import now_ms as _now_ms
 from raystream.core.partitioner import partition_for_key
 from raystream.errors import (
     ClosedError,
-    InvalidProducerEpochError,
     InvalidTxnStateError,
-    ProducerFencedError,
     RecordTooLargeError,
     SchemaMismatchError,
     UnknownTopicOrPartitionError,
@@ -52,9 +51,6 @@ from raystream.protocol import TopicMetadata, TopicPartition
 log = logging.getLogger(__name__)
 
 _ACKS = {0: 0, 1: 1, -1: -1, "all": -1, "0": 0, "1": 1, "-1": -1}
-_TXN_NONE, _TXN_READY, _TXN_OPEN = "none", "ready", "open"  # a transactional producer's own state
-#: Kafka's limit for idempotence: the leader remembers the last 5 batches of each producer.
-MAX_IN_FLIGHT_IDEMPOTENT = 5
 _instances = 0
 
 
@@ -66,24 +62,20 @@ def _check_int(name: str, value: Any, minimum: int = 0) -> int:
     return value
 
 
-
-def _idempotence(enable_idempotence: bool | None, acks: int, retries: int, max_in_flight: int) -> bool:
-    """Kafka's rules: on by default unless another setting rules it out; explicitly on, a conflict raises."""
-    if enable_idempotence is not None and not isinstance(enable_idempotence, bool):
-        raise TypeError(f"enable_idempotence must be a bool or None, got {type(enable_idempotence).__name__}")
-    conflicts = []
-    if acks != -1:
-        conflicts.append(f"acks={acks} (idempotence needs acks='all')")
-    if retries == 0:
-        conflicts.append("retries=0 (idempotence needs retries > 0)")
-    if max_in_flight > MAX_IN_FLIGHT_IDEMPOTENT:
-        conflicts.append(f"max_in_flight_requests_per_connection={max_in_flight} (idempotence allows at most "
-                         f"{MAX_IN_FLIGHT_IDEMPOTENT})")
-    if enable_idempotence is None:
-        return not conflicts
-    if enable_idempotence and conflicts:
-        raise ValueError("enable_idempotence=True conflicts with " + "; ".join(conflicts))
-    return enable_idempotence
+def _check_config(linger_ms: int, request_timeout_ms: int, delivery_timeout_ms: int,
+                  ints: dict[str, Any], positive_ints: dict[str, Any],
+                  serializers: dict[str, Callable[[Any], Any] | None]) -> None:
+    """The Producer's argument checks (TypeError/ValueError, before anything is started)."""
+    for name, value in ints.items():
+        _check_int(name, value)
+    for name, value in positive_ints.items():
+        _check_int(name, value, 1)
+    if delivery_timeout_ms < linger_ms + request_timeout_ms:
+        raise ValueError(f"delivery_timeout_ms ({delivery_timeout_ms}) must be >= linger_ms + "
+                         f"request_timeout_ms ({linger_ms + request_timeout_ms}), as in Kafka")
+    for name, fn in serializers.items():
+        if fn is not None and not callable(fn):
+            raise TypeError(f"{name} must be callable")
 
 
 class Producer:
@@ -115,38 +107,21 @@ class Producer:
                  transaction_timeout_ms: int = 60_000) -> None:
         if acks not in _ACKS or isinstance(acks, bool):
             raise ValueError(f"acks must be 0, 1 or 'all', got {acks!r}")
-        for name, value in (("linger_ms", linger_ms), ("max_block_ms", max_block_ms),
-                            ("request_timeout_ms", request_timeout_ms), ("retries", retries),
-                            ("retry_backoff_ms", retry_backoff_ms), ("delivery_timeout_ms", delivery_timeout_ms),
-                            ("metadata_max_age_ms", metadata_max_age_ms)):
-            _check_int(name, value)
-        for name, value in (("batch_size", batch_size), ("buffer_memory", buffer_memory),
-                            ("max_request_size", max_request_size),
-                            ("max_in_flight_requests_per_connection", max_in_flight_requests_per_connection),
-                            ("leader_recheck_ms", leader_recheck_ms)):
-            _check_int(name, value, 1)
-        if delivery_timeout_ms < linger_ms + request_timeout_ms:
-            raise ValueError(f"delivery_timeout_ms ({delivery_timeout_ms}) must be >= linger_ms + "
-                             f"request_timeout_ms ({linger_ms + request_timeout_ms}), as in Kafka")
-        for name, fn in (("key_serializer", key_serializer), ("value_serializer", value_serializer)):
-            if fn is not None and not callable(fn):
-                raise TypeError(f"{name} must be callable")
+        _check_config(linger_ms, request_timeout_ms, delivery_timeout_ms,
+                      {"linger_ms": linger_ms, "max_block_ms": max_block_ms,
+                       "request_timeout_ms": request_timeout_ms, "retries": retries,
+                       "retry_backoff_ms": retry_backoff_ms, "delivery_timeout_ms": delivery_timeout_ms,
+                       "metadata_max_age_ms": metadata_max_age_ms},
+                      {"batch_size": batch_size, "buffer_memory": buffer_memory,
+                       "max_request_size": max_request_size,
+                       "max_in_flight_requests_per_connection": max_in_flight_requests_per_connection,
+                       "leader_recheck_ms": leader_recheck_ms},
+                      {"key_serializer": key_serializer, "value_serializer": value_serializer})
         if transactional_id is not None and (not isinstance(transactional_id, str) or not transactional_id):
             raise TypeError("transactional_id must be a non-empty str or None")
         _check_int("transaction_timeout_ms", transaction_timeout_ms, 1)
-        if transactional_id is not None and enable_idempotence is None:
-            enable_idempotence = True  # as Kafka: transactions need idempotence (and its settings)
-        idempotent = _idempotence(enable_idempotence, _ACKS[acks], retries, max_in_flight_requests_per_connection)
-        if transactional_id is not None and not idempotent:
-            raise ValueError("transactional_id needs an idempotent producer (enable_idempotence not False)")
-        if transactional_id is not None and replay_id is not None:
-            raise ValueError("a producer is either transactional or a replay producer, not both")
-        if replay_id is not None:
-            if not isinstance(replay_id, str) or not replay_id:
-                raise TypeError(f"replay_id must be a non-empty str or None, got {replay_id!r}")
-            if not idempotent:
-                raise ValueError("replay_id needs an idempotent producer (acks='all', retries > 0, "
-                                 "max_in_flight_requests_per_connection <= 5, enable_idempotence not False)")
+        mode = producer_mode(enable_idempotence, _ACKS[acks], retries, max_in_flight_requests_per_connection,
+                             transactional_id, replay_id)
         self._transport = context.resolve(cluster, transport)
         global _instances
         _instances += 1
@@ -156,7 +131,6 @@ class Producer:
         self.max_block_ms = max_block_ms
         self.transactional_id = transactional_id
         self.transaction_timeout_ms = transaction_timeout_ms
-        self._txn = _TXN_NONE
         self._key_serializer = key_serializer
         self._value_serializer = value_serializer
         self._plain = key_serializer is None and value_serializer is None  # send's fast path applies
@@ -167,12 +141,15 @@ class Producer:
         self._acc = RecordAccumulator(batch_size=batch_size, linger_ms=linger_ms, buffer_memory=buffer_memory,
                                       max_block_ms=max_block_ms, delivery_timeout_ms=delivery_timeout_ms,
                                       rng=self._rng)
-        self._sender = Sender(self._acc, self._metadata, self._transport, acks=self.acks, retries=retries,
-                              retry_backoff_ms=retry_backoff_ms, request_timeout_ms=request_timeout_ms,
-                              delivery_timeout_ms=delivery_timeout_ms, name=f"raystream-{self.client_id}-sender",
-                              max_in_flight=max_in_flight_requests_per_connection, idempotent=idempotent,
-                              leader_recheck_ms=leader_recheck_ms, replay_id=replay_id,
-                              transactional_id=transactional_id)
+        self._txn = TransactionManager(mode, retry_backoff_ms=retry_backoff_ms,
+                                       request_timeout_ms=request_timeout_ms, replay_id=replay_id,
+                                       transactional_id=transactional_id)
+        self._sender = Sender(self._acc, self._metadata, self._transport, self._txn, acks=self.acks,
+                              retries=retries, retry_backoff_ms=retry_backoff_ms,
+                              request_timeout_ms=request_timeout_ms, delivery_timeout_ms=delivery_timeout_ms,
+                              name=f"raystream-{self.client_id}-sender",
+                              max_in_flight=max_in_flight_requests_per_connection,
+                              leader_recheck_ms=leader_recheck_ms)
         self._close_lock = threading.Lock()
         self._closed = False
         self._sender.start()
@@ -199,9 +176,7 @@ class Producer:
                         topic, None if key is None else partition_for_key(key, len(meta.partitions)), meta,
                         RECORDS, key, value, None, time.time_ns() // 1_000_000, size)
         self._check_open()
-        if self._txn != _TXN_OPEN and self.transactional_id is not None:
-            raise InvalidTxnStateError("a transactional producer sends only inside a transaction "
-                                       "(init_transactions, then begin_transaction)")
+        self._txn.check_send()
         if not isinstance(topic, str) or not topic:
             raise TypeError(f"topic must be a non-empty str, got {topic!r}")
         if partition is not None:
@@ -254,9 +229,7 @@ class Producer:
         murmur2 of ``key_column`` (default: ``key``, or the topic's key column), vectorised; else all to
         one (sticky) partition. Large tables are cut into requests of at most ``max_request_size`` bytes."""
         self._check_open()
-        if self._txn != _TXN_OPEN and self.transactional_id is not None:
-            raise InvalidTxnStateError("a transactional producer sends only inside a transaction "
-                                       "(init_transactions, then begin_transaction)")
+        self._txn.check_send()
         if not isinstance(topic, str) or not topic:
             raise TypeError(f"topic must be a non-empty str, got {topic!r}")
         if isinstance(table, list) or type(table).__name__ == "DataFrame":
@@ -331,18 +304,13 @@ class Producer:
         """Send every record queued so far now (ignoring ``linger_ms``) and wait until each is acknowledged
         or failed (failures are reported on the records' futures). ``timeout`` (s) expiring raises
         ResultTimeoutError."""
-        with self._acc.cond:
-            self._acc.flushing += 1
-            self._acc.wakeup = True
-            self._acc.cond.notify_all()
+        self._acc.begin_flush()
         try:
-            pending = self._acc.incomplete()
-            if not wait_all(pending, timeout):
-                left = sum(1 for r in pending if not r.done())
+            left = self._acc.await_flush_completion(timeout)
+            if left:
                 raise ResultTimeoutError(f"flush did not complete within {timeout} s ({left} batch(es) pending)")
         finally:
-            with self._acc.cond:
-                self._acc.flushing -= 1
+            self._acc.end_flush()
 
     def close(self, timeout: float | None = None) -> None:
         """Send what is queued, wait for it (up to ``timeout`` s; None waits as long as delivery takes),
@@ -372,7 +340,7 @@ class Producer:
     def enable_idempotence(self) -> bool:
         """Whether this producer is idempotent (read-only: fixed by the configuration, see the module
         docstring)."""
-        return self._sender.idempotent
+        return self._txn.mode.sequenced
 
     def __enter__(self) -> Producer:
         return self
@@ -390,17 +358,11 @@ class Producer:
         producer_id, producer_epoch = self._transport.txn_call(
             "init_transactions", self.transactional_id, self.transaction_timeout_ms,
             timeout_s=self.max_block_ms / 1000)
-        self._sender.begin_transactional(producer_id, producer_epoch)
-        self._txn = _TXN_READY
+        self._txn.initialized(producer_id, producer_epoch)
 
     def begin_transaction(self) -> None:
         self._check_open()
-        if self._txn != _TXN_READY:
-            raise InvalidTxnStateError("begin_transaction needs init_transactions first and no open transaction"
-                                       if self._txn == _TXN_NONE else "a transaction is already open")
-        self._sender.txn_partitions.clear()
-        self._sender.txn_error = None
-        self._txn = _TXN_OPEN
+        self._txn.begin_transaction()
 
     def send_offsets_to_transaction(self, offsets: Mapping[TopicPartition, Any], group_id: str) -> None:
         """Commit ``offsets`` (tp → next offset to consume, or ``OffsetAndMetadata``) for ``group_id`` with
@@ -412,8 +374,7 @@ class Producer:
         for tp, value in dict(offsets).items():
             offset, metadata = (value, "") if isinstance(value, int) else (value.offset, value.metadata or "")
             converted[tp] = (offset, metadata)
-        self._transport.txn_call("add_offsets_to_txn", self.transactional_id, self._sender.producer_id,
-                                 self._sender.producer_epoch, group_id, converted,
+        self._transport.txn_call("add_offsets_to_txn", *self._txn.coordinator_args(), group_id, converted,
                                  timeout_s=self.max_block_ms / 1000)
 
     def commit_transaction(self) -> None:
@@ -422,14 +383,7 @@ class Producer:
         a failed batch instead (then only abort_transaction is allowed)."""
         self._check_txn_open("commit_transaction")
         self.flush()
-        error = self._sender.txn_error
-        if isinstance(error, (InvalidProducerEpochError, ProducerFencedError)):
-            raise ProducerFencedError(f"transactional producer {self.transactional_id!r} was fenced by a newer "
-                                      f"instance: {error}") from error
-        if error is not None:
-            raise InvalidTxnStateError(f"cannot commit: a record of this transaction failed "
-                                       f"({type(self._sender.txn_error).__name__}: {self._sender.txn_error}); "
-                                       f"abort it") from self._sender.txn_error
+        self._txn.check_committable()
         self._end_transaction(commit=True)
 
     def abort_transaction(self) -> None:
@@ -442,12 +396,10 @@ class Producer:
         self._end_transaction(commit=False)
 
     def _end_transaction(self, commit: bool) -> None:
-        self._transport.txn_call("end_txn", self.transactional_id, self._sender.producer_id,
-                                 self._sender.producer_epoch, commit, timeout_s=self.max_block_ms / 1000)
-        self._sender.txn_error = None
-        self._txn = _TXN_READY
+        self._transport.txn_call("end_txn", *self._txn.coordinator_args(), commit,
+                                 timeout_s=self.max_block_ms / 1000)
+        self._txn.ended()
 
     def _check_txn_open(self, what: str) -> None:
         self._check_open()
-        if self._txn != _TXN_OPEN:
-            raise InvalidTxnStateError(f"{what} needs an open transaction (begin_transaction)")
+        self._txn.check_open(what)

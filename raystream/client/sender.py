@@ -19,36 +19,23 @@ sent to it until every request still in flight to it has finished, then the fail
 head of its queue in their original order, and the partition sends one request at a time until one
 succeeds.
 
-Idempotence (``idempotent=True``; Kafka's enable.idempotence): the thread fetches a producer id from the
-controller before the first produce (retried after ``retry_backoff_ms``; queued batches meanwhile expire by
-their delivery timeout as usual). A batch gets its partition's next base sequence when it is first drained
-(sequences count records and wrap at 2**31-1) and keeps it on every retry, so the leader writes a retried
-batch at most once and rejects a batch sent after a gap — which is what keeps records in order across
-retries with up to 5 requests in flight:
-
-    error of a sequenced batch                                 handling
-    ---------------------------------------------------------  ----------------------------------------------
-    OutOfOrderSequenceError, an earlier batch of the           retriable: held, resent in order after it
-      partition unfinished (in flight, held, being retried)
-      now or when this one was sent
-    OutOfOrderSequenceError on a first attempt, the leader     reset the partition's sequences, then retry
-      knows no sequence of this producer (expected 0: its        (no copy of it or of later batches can be
-      state expired or is lost)                                  in the log)
-    OutOfOrderSequenceError, otherwise                         fails the batch (then the partition resets)
-    RecordTooLargeError                                        split: the halves share out its sequence range
-    any other final failure (error, retries, delivery timeout) fails the batch; the partition resets
-
-A *reset* waits until nothing is in flight to the partition, bumps the partition's producer epoch (a new
-producer id once the Int16 epochs are used up), and re-sequences from 0 every batch of the partition not yet
-acknowledged; the leader accepts a higher epoch starting at sequence 0. Epochs are per partition (the
-leader's state is per partition too), so one partition's trouble does not disturb the others.
+Idempotence, replay and transactions: what goes into a request's producer id, epoch and sequence, when
+a partition may be sent to, and what an error of a sequenced batch means are the
+:class:`~raystream.client.transaction_manager.TransactionManager`'s decisions (its module docstring has
+the rules); this thread asks it and acts. Two requests besides produce: the producer id (idempotent and
+replay producers; fetched from the controller before the first produce, retried after
+``retry_backoff_ms``, queued batches meanwhile expire by their delivery timeout as usual), and a
+transactional producer's AddPartitionsToTxn, sent asynchronously for all the partitions new to the
+transaction at once; their batches stay queued until it succeeds while other partitions send on.
 
 Retries: an error flagged ``retriable`` is retried after ``retry_backoff_ms`` while ``retries`` and the
 batch's delivery timeout allow (``invalid_metadata`` also schedules a metadata refresh); a batch the broker
 finds too large is split in two and retried; anything else fails the batch's futures.
 
-Thread-safety: the in-flight table and the completion queue belong to this thread; transport callbacks
-(any thread) only append to the completion queue and wake the thread through the accumulator's condition.
+Thread-safety: the in-flight table and the completion queues belong to this thread; transport callbacks
+(any thread) only append to a completion queue and then wake the thread (``RecordAccumulator.wake``; the
+thread checks the queues under the same lock before it sleeps, so no wakeup is lost). The transaction
+manager is this thread's too, except its transaction state (see its docstring).
 """
 
 from __future__ import annotations
@@ -63,6 +50,7 @@ from concurrent.futures import Future
 from raystream.client.accumulator import ProducerBatch, RecordAccumulator
 from raystream.client.base import BaseTransport, failed_future
 from raystream.client.metadata import MetadataCache
+from raystream.client.transaction_manager import AddPartitionsRequest, TransactionManager, order
 from raystream.errors import (
     ClosedError,
     NotLeaderError,
@@ -71,7 +59,6 @@ from raystream.errors import (
     RequestTimeoutError,
 )
 from raystream.protocol import TopicPartition
-from raystream.record import MAX_PRODUCER_EPOCH, increment_sequence
 
 log = logging.getLogger(__name__)
 
@@ -88,29 +75,13 @@ class _InFlight:
     sent_at: float = 0.0
 
 
-@dataclasses.dataclass(eq=False)
-class _Sequences:
-    """One partition's idempotence bookkeeping. ``producer_id == -1``: take the producer's current id."""
-
-    producer_id: int
-    producer_epoch: int
-    next_sequence: int = 0
-    #: Sequenced at least once and not finished (in flight, held or queued for a retry), in send order.
-    unacked: list[ProducerBatch] = dataclasses.field(default_factory=list)
-
-
-def _order(batch: ProducerBatch) -> tuple[int, tuple[int, ...]]:
-    """Send order within a partition (split halves follow each other where their original was)."""
-    return batch.seq, batch.part
-
-
 class Sender:
-    def __init__(self, accumulator: RecordAccumulator, metadata: MetadataCache, transport: BaseTransport, *,
-                 acks: int, retries: int, retry_backoff_ms: int, request_timeout_ms: int,
-                 delivery_timeout_ms: int, name: str, max_in_flight: int = 1, idempotent: bool = False,
-                 leader_recheck_ms: int = 1000, replay_id: str | None = None,
-                 transactional_id: str | None = None) -> None:
+    def __init__(self, accumulator: RecordAccumulator, metadata: MetadataCache, transport: BaseTransport,
+                 txn: TransactionManager, *, acks: int, retries: int, retry_backoff_ms: int,
+                 request_timeout_ms: int, delivery_timeout_ms: int, name: str, max_in_flight: int = 1,
+                 leader_recheck_ms: int = 1000) -> None:
         self.acc = accumulator
+        self.txn = txn  # ids, sequences and the transaction: see raystream.client.transaction_manager
         self.leader_recheck_s = leader_recheck_ms / 1000
         self._rechecked_at: dict[TopicPartition, float] = {}
         self.metadata = metadata
@@ -125,24 +96,8 @@ class Sender:
         self._held: dict[TopicPartition, list[ProducerBatch]] = {}  # failed; retried once in-flight ones end
         self._single: set[TopicPartition] = set()  # recovering from an error: one request at a time
         self._seq = 0
-        self.idempotent = idempotent
-        # A replay producer (see Producer's replay_id): its sequences name records, so they can never be
-        # restarted; what would reset them instead fails the producer for good (``_fatal``).
-        self.replay_id = replay_id
-        self._fatal: BaseException | None = None
-        # A transactional producer: its id and epoch come from the coordinator (``begin_transactional``),
-        # each partition joins the transaction before its first batch, and an error that would reset the
-        # sequences is fatal (the coordinator owns the epoch). ``txn_error``: the first batch of the open
-        # transaction that failed (commit refuses; abort clears it).
-        self.transactional_id = transactional_id
-        self.txn_partitions: set[TopicPartition] = set()
-        self.txn_error: BaseException | None = None
-        self.producer_id = self.producer_epoch = -1  # from the controller, fetched lazily (idempotent only)
-        self._pid_retry_at = 0.0
-        self._pid_error: BaseException | None = None
-        self._sequences: dict[TopicPartition, _Sequences] = {}
-        self._resets: set[TopicPartition] = set()  # partitions whose sequences must restart (see the docstring)
         self._completions: deque[tuple[TopicPartition, _InFlight]] = deque()
+        self._added: deque[tuple[AddPartitionsRequest, Future]] = deque()  # answered AddPartitionsToTxn
         self._closing = False
         self._force = False
         self.thread = threading.Thread(target=self._run, name=name, daemon=True)
@@ -153,23 +108,16 @@ class Sender:
 
     def initiate_close(self) -> None:
         """Send everything still queued, then stop."""
-        with self.acc.cond:
-            self._closing = True
-            self.acc.closed = True
-            self.acc.wakeup = True
-            self.acc.cond.notify_all()
+        self._closing = True
+        self.acc.close()  # wakes this thread (after the flag is set: the loop reads it after waking)
 
     def force_close(self) -> None:
         """Stop now: fail everything queued or in flight with ClosedError."""
-        with self.acc.cond:
-            self._force = True
-            self.acc.wakeup = True
-            self.acc.cond.notify_all()
+        self._force = True
+        self.acc.wake()
 
     def wake(self) -> None:
-        with self.acc.cond:
-            self.acc.wakeup = True
-            self.acc.cond.notify_all()
+        self.acc.wake()
 
     # -- the loop --------------------------------------------------------------------------------------------
     def _run(self) -> None:
@@ -180,8 +128,7 @@ class Sender:
                     break
             except Exception:  # a bug must not silently strand every pending record
                 log.exception("producer sender loop failed; continuing")
-                with self.acc.cond:
-                    self.acc.cond.wait(self.backoff_s)
+                self.acc.pause(self.backoff_s)
         log.debug("producer sender thread stopped")
 
     def _run_once(self) -> bool:
@@ -194,35 +141,31 @@ class Sender:
         self._expire_inflight(now)
         recheck_at = self._recheck_stalled(now)
         for batch in self.acc.expire(now):
-            self._fail(batch, self._expired(batch, self._pid_error if self.producer_id < 0 else None))
-        for tp in list(self._resets):
+            self._fail(batch, self._expired(batch, self.txn.last_error(batch.tp)))
+        for tp in self.txn.resets_pending():
             self._release_held(tp, now)
         metadata_at = self._refresh_metadata(now)
         pid_at = self._ensure_producer_id(now)
         batches, next_at = self.acc.drain(now, self._can_send, self._inflight.__contains__)
         for batch in batches:
             self._send(batch, now)
+        add_at = self._add_partitions(now)
         if self._inflight:
             next_at = min(next_at, min(e.deadline for es in self._inflight.values() for e in es))
-        next_at = min(next_at, metadata_at, pid_at, recheck_at)
-        with self.acc.cond:
-            if self._completions or self.acc.wakeup or self._force:
-                return False
-            if self._closing and not self._inflight and not self.acc.has_queued():
-                return True
-            self.acc.cond.wait(min(MAX_IDLE_S, max(0.0, next_at - time.monotonic())))
+        next_at = min(next_at, metadata_at, pid_at, recheck_at, add_at)
+        if self._closing and not (self._inflight or self._completions or self.acc.has_queued()):
+            return True
+        self.acc.await_wakeup(min(MAX_IDLE_S, max(0.0, next_at - time.monotonic())), self._has_work)
         return False
 
+    def _has_work(self) -> bool:
+        """Something for the loop that came without a wakeup of the accumulator (checked under its lock)."""
+        return bool(self._completions or self._added) or self._force
+
     def _can_send(self, tp: TopicPartition) -> int:
-        """How many more requests may go to ``tp`` now."""
-        if tp in self._held:
+        """How many more requests may go to ``tp`` now (called by the accumulator's drain, under its lock)."""
+        if tp in self._held or not self.txn.sendable(tp):
             return 0
-        if self.idempotent:
-            if tp in self._resets:
-                return 0  # wait for the in-flight requests; the reset then re-sequences the partition
-            seqs = self._sequences.get(tp)
-            if self.producer_id < 0 and (seqs is None or seqs.producer_id < 0):
-                return 0  # no producer id yet
         inflight = self._inflight.get(tp)
         room = (1 if tp in self._single else self.max_in_flight) - (len(inflight) if inflight else 0)
         if room <= 0:
@@ -230,7 +173,7 @@ class Sender:
         if self.metadata.leader(tp) is None:
             self.metadata.request_update(tp.topic)
             return 0
-        return room
+        return room if self.txn.in_transaction(tp) else 0  # not yet: AddPartitionsToTxn goes first
 
     def _refresh_metadata(self, now: float) -> float:
         in_use = self.acc.topics_in_use() | {tp.topic for tp in self._inflight} | {tp.topic for tp in self._held}
@@ -246,63 +189,57 @@ class Sender:
         return next_at
 
     def _ensure_producer_id(self, now: float) -> float:
-        """Fetch the producer id (idempotence) once something is queued; returns when to try again."""
-        if not self.idempotent or self.producer_id >= 0 or self.transactional_id is not None:
-            return float("inf")
-        if now < self._pid_retry_at:
-            return self._pid_retry_at
+        """Fetch the producer id (idempotent and replay producers) once something is queued; returns when
+        to try again."""
+        due = self.txn.producer_id_due(now)
+        if now < due:
+            return due
         if not self._held and not self.acc.has_queued():
             return float("inf")  # lazily: a producer that never sends never asks
         try:
-            if self.replay_id is None:
-                self.producer_id, self.producer_epoch = self.transport.init_producer_id(
-                    timeout_s=self.request_timeout_ms / 1000)
-            else:
-                self.producer_id, self.producer_epoch = self.transport.init_producer_id(
-                    timeout_s=self.request_timeout_ms / 1000, replay_id=self.replay_id)
+            producer_id, producer_epoch = self.transport.init_producer_id(
+                timeout_s=self.request_timeout_ms / 1000, **self.txn.init_producer_id_args())
         except Exception as exc:
-            self._pid_error = exc
-            self._pid_retry_at = now + self.backoff_s
+            retry_at = self.txn.producer_id_failed(exc, now)
             if getattr(exc, "retriable", False):
                 log.info("producer id not available yet (%s: %s); retrying", type(exc).__name__, exc)
             else:  # no point waiting for the delivery timeout: what is queued now cannot be sent
                 log.error("producer id request failed: %s: %s", type(exc).__name__, exc)
                 for batch in self.acc.drain_all():
                     self._fail(batch, exc)
-            return self._pid_retry_at
-        self._pid_error = None
-        log.debug("idempotent producer id %d epoch %d", self.producer_id, self.producer_epoch)
+            return retry_at
+        self.txn.set_producer_id(producer_id, producer_epoch)
         return float("inf")
 
-    # -- transactions ---------------------------------------------------------------------------------------
-    def begin_transactional(self, producer_id: int, producer_epoch: int) -> None:
-        """Take the id and epoch ``init_transactions`` got from the coordinator (sequences start at 0)."""
-        with self.acc.cond:
-            self.producer_id, self.producer_epoch = producer_id, producer_epoch
-            self._sequences.clear()
-            self.txn_partitions.clear()
-            self.txn_error = None
+    # -- AddPartitionsToTxn (asynchronous) --------------------------------------------------------------------
+    def _add_partitions(self, now: float) -> float:
+        """Send the AddPartitionsToTxn the transaction manager asks for, if any (one request for every
+        partition new to the transaction); returns when to look again."""
+        expired = self.txn.expire_add_partitions(now)
+        if expired is not None:
+            self._added_partitions(expired, self.txn.add_partitions_timeout(expired), now)
+        request = self.txn.add_partitions_request(now)
+        if request is not None:
+            try:
+                future = self.transport.txn_submit("add_partitions_to_txn", *request.args)
+            except Exception as exc:  # transports should return failed futures; be safe anyway
+                future = failed_future(exc)
+            future.add_done_callback(lambda f, request=request: self._on_added(request, f))
+        return self.txn.next_add_at()
 
-    def _add_to_transaction(self, tp: TopicPartition) -> None:
-        """AddPartitionsToTxn for ``tp`` before its first batch of the transaction (sender thread; blocks
-        for one controller call per new partition and transaction)."""
-        self.transport.txn_call("add_partitions_to_txn", self.transactional_id, self.producer_id,
-                                self.producer_epoch, [tp], timeout_s=self.request_timeout_ms / 1000)
-        self.txn_partitions.add(tp)
+    def _on_added(self, request: AddPartitionsRequest, future: Future) -> None:
+        self._added.append((request, future))
+        self.acc.wake()
 
-    def _assign_sequence(self, batch: ProducerBatch) -> None:
-        """Give a batch drained for the first time (or after a reset) its partition's next sequences."""
-        seqs = self._sequences.get(batch.tp)
-        if seqs is None:
-            seqs = self._sequences[batch.tp] = _Sequences(-1, -1)
-        if seqs.producer_id < 0:
-            seqs.producer_id, seqs.producer_epoch = self.producer_id, self.producer_epoch
-        batch.producer_id, batch.producer_epoch = seqs.producer_id, seqs.producer_epoch
-        batch.base_sequence = seqs.next_sequence
-        seqs.next_sequence = increment_sequence(seqs.next_sequence, batch.count)
-        if batch not in seqs.unacked:  # identity: a batch re-sequenced after a reset is there already
-            seqs.unacked.append(batch)
+    def _added_partitions(self, request: AddPartitionsRequest, exc: BaseException | None, now: float) -> None:
+        if not self.txn.add_partitions_done(request, exc, now):
+            assert exc is not None
+            log.error("AddPartitionsToTxn for %s failed: %s: %s", sorted(request.partitions),
+                      type(exc).__name__, exc)
+            for batch in self.acc.remove_queued(request.partitions):
+                self._fail(batch, exc)
 
+    # -- produce ---------------------------------------------------------------------------------------------
     def _send(self, batch: ProducerBatch, now: float) -> None:
         tp = batch.tp
         leader = self.metadata.leader(tp)
@@ -318,22 +255,8 @@ class Sender:
             self._seq += 1
             batch.seq = self._seq
         try:
-            if self._fatal is not None:
-                raise self._fatal
-            if self.transactional_id is not None and tp not in self.txn_partitions:
-                self._add_to_transaction(tp)
-            if self.idempotent:
-                if batch.base_sequence < 0:
-                    self._assign_sequence(batch)
-                batch.sent_behind = self._has_earlier_unfinished(batch)
-                replay = {} if self.replay_id is None else {"replay": True}
-                if self.transactional_id is not None:
-                    replay["transactional"] = True
-                future = self.transport.produce(tp, broker, data, self.acks, self.request_timeout_ms, epoch,
-                                                producer_id=batch.producer_id, producer_epoch=batch.producer_epoch,
-                                                base_sequence=batch.base_sequence, **replay)
-            else:
-                future = self.transport.produce(tp, broker, data, self.acks, self.request_timeout_ms, epoch)
+            future = self.transport.produce(tp, broker, data, self.acks, self.request_timeout_ms, epoch,
+                                            **self.txn.request_fields(batch))
         except Exception as exc:  # transports should return failed futures; be safe anyway
             future = failed_future(exc)
         entry = _InFlight(batch, future, now + self.request_timeout_ms / 1000, leader, now)
@@ -343,12 +266,13 @@ class Sender:
         future.add_done_callback(lambda _f, tp=tp, entry=entry: self._on_done(tp, entry))
 
     def _on_done(self, tp: TopicPartition, entry: _InFlight) -> None:
-        with self.acc.cond:
-            self._completions.append((tp, entry))
-            self.acc.wakeup = True
-            self.acc.cond.notify_all()
+        self._completions.append((tp, entry))
+        self.acc.wake()
 
     def _process_completions(self) -> None:
+        while self._added:
+            request, future = self._added.popleft()
+            self._added_partitions(request, future.exception(), time.monotonic())
         while self._completions:
             tp, entry = self._completions.popleft()
             if not self._remove_inflight(tp, entry):
@@ -361,7 +285,7 @@ class Sender:
             elif exc is None:
                 result = entry.future.result()
                 self._single.discard(tp)
-                self._finished(entry.batch)
+                self.txn.acknowledged(entry.batch)
                 entry.batch.result.complete(result.base_offset, result.log_append_time, result.max_timestamp)
                 self.acc.release(entry.batch)
             else:
@@ -425,17 +349,14 @@ class Sender:
         if isinstance(exc, RecordTooLargeError) and batch.count > 1:
             log.info("splitting a batch of %d records to %s: %s", batch.count, batch.tp, exc)
             halves = batch.split()
-            seqs = self._sequences.get(batch.tp)
-            if seqs is not None and batch in seqs.unacked:
-                at = seqs.unacked.index(batch)
-                seqs.unacked[at:at + 1] = halves
+            self.txn.split(batch, halves)
             self._hold(halves, 0.0)
             return
         if getattr(exc, "invalid_metadata", False):
             self.metadata.request_update(batch.tp.topic)
         retriable = getattr(exc, "retriable", False)
-        if self.idempotent and isinstance(exc, OutOfOrderSequenceError):
-            retriable = self._sequence_gap_resolvable(batch, exc)
+        if self.txn.mode.sequenced and isinstance(exc, OutOfOrderSequenceError):
+            retriable = self.txn.retriable_sequence_error(batch, exc)
         if retriable:
             if now >= batch.deadline:
                 exc = self._expired(batch, exc)
@@ -444,72 +365,6 @@ class Sender:
                 self._hold([batch], now + self.backoff_s)
                 return
         self._fail(batch, exc)
-
-    def _sequence_gap_resolvable(self, batch: ProducerBatch, exc: OutOfOrderSequenceError) -> bool:
-        """Whether an out-of-order batch can be retried safely (see the table in the module docstring)."""
-        tp = batch.tp
-        if tp in self._resets:
-            return True  # an earlier batch failed for good: the reset re-sequences this one
-        if batch.sent_behind or self._has_earlier_unfinished(batch):
-            # An earlier batch was unfinished when this one was sent (Ray may run a caller's requests out
-            # of order, so this one may have overtaken it) or still is: resend after it.
-            return True
-        if getattr(exc, "expected_sequence", None) == 0 and batch.attempts == 1:
-            # The leader holds no sequence state for this producer id and epoch (expired, or a new leader
-            # without it) and this was the batch's first attempt, so no copy of it is in the log and none of
-            # the later ones can be: restart at sequence 0. (After an earlier attempt a copy may have been
-            # written before the state was lost; resending it could duplicate it, so that case fails.)
-            log.info("%s: the leader does not know this producer's sequences; resetting them", tp)
-            self._resets.add(tp)
-            return True
-        return False
-
-    def _has_earlier_unfinished(self, batch: ProducerBatch) -> bool:
-        seqs = self._sequences.get(batch.tp)
-        return seqs is not None and any(_order(b) < _order(batch) for b in seqs.unacked)
-
-    def _finished(self, batch: ProducerBatch) -> bool:
-        """Forget a batch that succeeded or failed for good; True if it held sequences."""
-        seqs = self._sequences.get(batch.tp)
-        if seqs is None or batch not in seqs.unacked:
-            return False
-        seqs.unacked.remove(batch)
-        return batch.base_sequence >= 0
-
-    def _reset_sequences(self, tp: TopicPartition) -> None:
-        """Restart ``tp``'s sequences at 0 under a new epoch (nothing is in flight to it): every batch not
-        yet acknowledged is sequenced again when it is next drained, in its original order."""
-        self._resets.discard(tp)
-        seqs = self._sequences.get(tp)
-        if seqs is None:
-            return
-        if self.replay_id is not None or self.transactional_id is not None:
-            who = (f"replay producer {self.replay_id!r}" if self.replay_id is not None
-                   else f"transactional producer {self.transactional_id!r}")
-            self._fatal = OutOfOrderSequenceError(
-                f"{who} lost its sequence state on {tp}; it cannot re-sequence records: run it again from "
-                f"its start (a replay producer: the brokers drop what was already written; a transactional "
-                f"one: a new instance's init_transactions aborts what this one left open)",
-                topic=tp.topic, partition=tp.partition)
-            for batch in list(seqs.unacked):
-                self._fail(batch, self._fatal)
-            for batch in self.acc.drain_all():
-                self._fail(batch, self._fatal)
-            return
-        for batch in seqs.unacked:
-            batch.producer_id = batch.producer_epoch = batch.base_sequence = -1
-        seqs.next_sequence = 0
-        if seqs.producer_id < 0:
-            return  # nothing was ever sequenced under an id here
-        if seqs.producer_epoch < MAX_PRODUCER_EPOCH:
-            seqs.producer_epoch += 1
-        else:  # this id's epochs are used up on this partition: continue under a new producer id
-            if seqs.producer_id == self.producer_id:
-                self.producer_id = self.producer_epoch = -1
-                self._pid_retry_at = 0.0
-            seqs.producer_id = seqs.producer_epoch = -1
-        log.info("%s: producer sequences reset (producer id %d, epoch %d)", tp, seqs.producer_id,
-                 seqs.producer_epoch)
 
     def _hold(self, batches: list[ProducerBatch], retry_at: float) -> None:
         """Keep failed batches of a partition until its other requests in flight have finished (the
@@ -523,11 +378,21 @@ class Sender:
     def _release_held(self, tp: TopicPartition, now: float) -> None:
         if tp in self._inflight:
             return
-        if tp in self._resets:
-            self._reset_sequences(tp)
+        if self.txn.reset_pending(tp):
+            doomed = self.txn.reset_sequences(tp)
+            if doomed is not None:  # a producer that cannot re-sequence: it fails for good
+                fatal = self.txn.fatal
+                assert fatal is not None
+                # The held batches are among the doomed ones (held batches are sequenced): failed once,
+                # they must not go back to the queue (to be failed, and their memory released, again).
+                self._held.pop(tp, None)
+                for batch in doomed:
+                    self._fail(batch, fatal)
+                for batch in self.acc.drain_all():
+                    self._fail(batch, fatal)
         if tp not in self._held:
             return
-        batches = sorted(self._held.pop(tp), key=_order)
+        batches = sorted(self._held.pop(tp), key=order)
         self.acc.reenqueue(batches, max(b.retry_at for b in batches))
 
     def _expired(self, batch: ProducerBatch, last: BaseException | None) -> RequestTimeoutError:
@@ -539,11 +404,7 @@ class Sender:
         return exc
 
     def _fail(self, batch: ProducerBatch, exc: BaseException) -> None:
-        if self.transactional_id is not None and self.txn_error is None:
-            self.txn_error = exc  # the open transaction cannot commit any more
-        if self._finished(batch):
-            # Its sequences may or may not be in the log: the partition continues under a new epoch.
-            self._resets.add(batch.tp)
+        self.txn.failed(batch, exc)
         batch.result.fail(exc)
         self.acc.release(batch)
 

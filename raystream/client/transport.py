@@ -137,6 +137,11 @@ class RayTransport(BaseTransport):
             raise ValueError(f"not a transaction coordinator method: {method!r}")
         return self._call(method, *args, timeout_s=timeout_s)
 
+    def txn_submit(self, method: str, *args: Any) -> Future:
+        if method not in self._TXN_METHODS:
+            raise ValueError(f"not a transaction coordinator method: {method!r}")
+        return _as_future(lambda: getattr(self.controller, method).remote(*args), f"controller.{method}")
+
     def group_call(self, method: str, *args: Any, timeout_s: float | None = None) -> Any:
         if method not in self._GROUP_METHODS:
             raise ValueError(f"not a group coordinator method: {method!r}")

@@ -256,7 +256,7 @@ def test_sequences_wrap_at_int32_max_as_in_kafka(fake, make_producer):
     entry = fake.logs[T0].producers.entry(1000)
     entry.batches[-1] = dataclasses.replace(entry.batches[-1], first_seq=MAX_SEQUENCE - 2,
                                             last_seq=MAX_SEQUENCE - 2)
-    producer._sender._sequences[T0].next_sequence = MAX_SEQUENCE - 1
+    producer._txn._sequences[T0].next_sequence = MAX_SEQUENCE - 1
     for value in (b"b", b"c", b"d"):
         producer.send("t", value=value)
     producer.flush(10)
