@@ -15,11 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import ray
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from raystream import errors
+from raystream import errors, handles
 from raystream.core.names import validate_cluster_name
-from raystream.protocol import ACTOR_NAMESPACE, controller_actor_name
 
 _current: ClusterHandle | None = None
 
@@ -68,11 +66,9 @@ def init(address: str | None = None, data_dir: str | None = None, cluster: str |
         ray.init(address=where.address or "local", **ray_init_kwargs)
         started_ray = where.address is None
     data_dir = where.data_dir
-    from raystream.actors.controller import Controller
-
     if not create:
         try:
-            controller = ray.get_actor(controller_actor_name(cluster), namespace=ACTOR_NAMESPACE)
+            controller = handles.get_controller(cluster)
         except ValueError:
             raise errors.ClusterNotFoundError(
                 f"no raystream cluster named {cluster!r} is running on this Ray cluster; start it with "
@@ -81,11 +77,10 @@ def init(address: str | None = None, data_dir: str | None = None, cluster: str |
         _set_client_context(_current)
         return _current
     here = ray.get_runtime_context().get_node_id()
-    controller = ray.remote(Controller).options(
-        name=controller_actor_name(cluster), namespace=ACTOR_NAMESPACE, get_if_exists=True,
-        lifetime="detached", num_cpus=0, max_restarts=-1, max_task_retries=-1,
-        scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False),
-    ).remote(cluster, data_dir, file.broker_config(broker_config) or None, dict(file.topic_defaults) or None)
+    from raystream.actors.controller import Controller
+
+    controller = ray.remote(Controller).options(**handles.controller_options(cluster, here)).remote(
+        cluster, data_dir, file.broker_config(broker_config) or None, dict(file.topic_defaults) or None)
     ray.get(controller.start.remote())
     _current = ClusterHandle(cluster, data_dir, controller, started_ray)
     _set_client_context(_current)
@@ -124,15 +119,13 @@ def stop(handle: ClusterHandle) -> None:
     """Gracefully stop a cluster's actors: every replica flushes and closes its log; then the controller
     and every node's broker agent (which releases its broker directory's lock)."""
     metadata = ray.get(handle.controller.get_metadata.remote(None))
-    from raystream.protocol import replica_actor_name
 
     refs, actors = [], []
     for topic in metadata.values():
         for part in topic.partitions:
             for broker in part.replicas:
                 try:
-                    actor = ray.get_actor(replica_actor_name(handle.cluster, topic.name, part.partition, broker),
-                                          namespace=ACTOR_NAMESPACE)
+                    actor = handles.get_replica(handle.cluster, topic.name, part.partition, broker)
                 except ValueError:
                     continue
                 refs.append(actor.shutdown.remote())
@@ -152,19 +145,11 @@ def _stop_broker_agents(cluster: str, timeout_s: float = 10.0) -> None:
     names = [broker_agent_name(cluster, n["NodeID"]) for n in ray.nodes() if n["Alive"]]
     for name in names:
         try:
-            ray.kill(ray.get_actor(name, namespace=ACTOR_NAMESPACE), no_restart=True)
+            ray.kill(handles.get_named(name), no_restart=True)
         except ValueError:  # this node never had one
             pass
     deadline = time.monotonic() + timeout_s
     while names and time.monotonic() < deadline:
-        names = [n for n in names if _actor_exists(n)]
+        names = [n for n in names if handles.actor_exists(n)]
         if names:
             time.sleep(0.05)
-
-
-def _actor_exists(name: str) -> bool:
-    try:
-        ray.get_actor(name, namespace=ACTOR_NAMESPACE)
-    except ValueError:
-        return False
-    return True

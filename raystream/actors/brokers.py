@@ -18,13 +18,13 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import ray
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from raystream import handles
 from raystream.actors.broker import BrokerAgent
 from raystream.actors.metadata_store import MetadataStore
 from raystream.config import BrokerConfig
 from raystream.core.metadata import ClusterMetadata
-from raystream.protocol import ACTOR_NAMESPACE, BrokerInfo, broker_agent_name
+from raystream.protocol import BrokerInfo
 
 log = logging.getLogger(__name__)
 #: Called under the metadata lock after a registration, with the brokers as they were before it.
@@ -78,11 +78,8 @@ class BrokerRegistry:
 
     def agent(self, node_id: str):
         """The broker agent of ``node_id`` (created there if it has none)."""
-        return ray.remote(BrokerAgent).options(
-            name=broker_agent_name(self.cluster, node_id), namespace=ACTOR_NAMESPACE, get_if_exists=True,
-            lifetime="detached", num_cpus=0, max_restarts=0,
-            scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
-        ).remote(self.cluster, self.data_dir)
+        return ray.remote(BrokerAgent).options(**handles.broker_agent_options(self.cluster, node_id)).remote(
+            self.cluster, self.data_dir)
 
     async def _probe_nodes(self, nodes: list[dict], timeout_s: float) -> list[Any]:
         """Ask each node's agent for its (broker id, data dir, log dir), proposing distinct new ids (an

@@ -24,7 +24,7 @@ from typing import Any
 import pyarrow as pa
 import ray
 
-from raystream import metrics
+from raystream import handles, metrics
 from raystream.actors import logs
 from raystream.actors.producer_ids import (
     PRODUCER_ID_EXPIRATION_CHECK_INTERVAL_MS,
@@ -37,7 +37,6 @@ from raystream.config import BrokerConfig, TopicConfig
 from raystream.core.partition import APPEND, Partition, ProduceDecision, dedup_outcome
 from raystream.errors import RequestTimeoutError
 from raystream.protocol import (
-    ACTOR_NAMESPACE,
     FetchRequest,
     FetchResult,
     ListOffsetsRequest,
@@ -180,7 +179,7 @@ class PartitionReplica(ReplicationMixin):
         backoff_s = self.broker_config.replica_retry_backoff_ms / 1000
         while self.state.role is Role.OFFLINE:
             try:
-                controller = ray.get_actor(self.controller_name, namespace=ACTOR_NAMESPACE)
+                controller = handles.get_named(self.controller_name)
                 ps = await controller.rejoin.remote(self.topic, self.partition, self.broker_id, lost_data)
                 if ps is None:
                     log.warning("[%s] no longer a replica of this partition; staying offline", self.name)

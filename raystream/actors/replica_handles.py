@@ -18,14 +18,15 @@ from pathlib import Path
 from typing import Any
 
 import ray
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from raystream import handles
 from raystream.actors.metadata_store import MetadataStore
+from raystream.actors.replica import PartitionReplica
 from raystream.actors.replica_liveness import ReplicaKey, ReplicaLiveness
 from raystream.config import BrokerConfig
 from raystream.core.metadata import TopicState
 from raystream.core.names import partition_dir_name
-from raystream.protocol import ACTOR_NAMESPACE, PartitionState, controller_actor_name, replica_actor_name
+from raystream.protocol import PartitionState, controller_actor_name
 
 
 class ReplicaHandles:
@@ -40,7 +41,7 @@ class ReplicaHandles:
     # -- handles --------------------------------------------------------------------------------------------
     def lookup(self, topic: str, partition: int, broker: int) -> Any:
         """The replica actor's handle by name (a GCS round trip); ``ValueError`` if there is no such actor."""
-        return ray.get_actor(replica_actor_name(self._cluster, topic, partition, broker), namespace=ACTOR_NAMESPACE)
+        return handles.get_replica(self._cluster, topic, partition, broker)
 
     def cached(self, key: ReplicaKey) -> Any:
         """The replica's handle, looked up once and kept until :meth:`forget`."""
@@ -66,17 +67,13 @@ class ReplicaHandles:
 
     def create(self, topic: str, partition: int, broker_id: int) -> Any:
         """The replica actor (created on its broker's node if it does not exist; found if it does)."""
-        from raystream.actors.replica import PartitionReplica
-
         state = self._store.metadata.topics[topic]
         broker = self._store.metadata.brokers[broker_id]
         log_dir = str(Path(broker.log_dir) / partition_dir_name(topic, partition))
-        return ray.remote(PartitionReplica).options(
-            name=replica_actor_name(self._cluster, topic, partition, broker_id), namespace=ACTOR_NAMESPACE,
-            get_if_exists=True, lifetime="detached", num_cpus=0, max_restarts=-1, max_task_retries=0,
-            scheduling_strategy=NodeAffinitySchedulingStrategy(broker.node_id, soft=False),
-        ).remote(self._cluster, topic, partition, broker_id, log_dir, state.config, state.schema,
-                 state.key_column, controller_actor_name(self._cluster), vars(self._broker_config), state.schema_id)
+        options = handles.replica_options(self._cluster, topic, partition, broker_id, broker.node_id)
+        return ray.remote(PartitionReplica).options(**options).remote(
+            self._cluster, topic, partition, broker_id, log_dir, state.config, state.schema, state.key_column,
+            controller_actor_name(self._cluster), vars(self._broker_config), state.schema_id)
 
     # -- roles ----------------------------------------------------------------------------------------------
     async def ensure_replicas(self, topic: TopicState, partitions: list[int] | None = None,

@@ -27,10 +27,11 @@ from typing import Any
 
 import ray
 
+from raystream import handles
 from raystream.clock import now_ms as _now_ms
 from raystream.core.partition import IsrProposal
 from raystream.errors import FencedLeaderEpochError, RaystreamError
-from raystream.protocol import ACTOR_NAMESPACE, ReplicaStatus, Role, replica_actor_name
+from raystream.protocol import ReplicaStatus, Role
 
 log = logging.getLogger(__name__)
 #: Object-store refs of batches read for followers, kept for reuse by followers at the same offset.
@@ -44,8 +45,7 @@ class ReplicationMixin:
 
     # -- replication: leader side ----------------------------------------------------------------------------
     def _follower(self, broker: int):
-        return ray.get_actor(replica_actor_name(self.cluster, self.topic, self.partition, broker),
-                             namespace=ACTOR_NAMESPACE)
+        return handles.get_replica(self.cluster, self.topic, self.partition, broker)
 
     async def _replicate_loop(self, broker: int, epoch: int) -> None:
         cfg = self.broker_config
@@ -116,7 +116,7 @@ class ReplicationMixin:
     async def _send_isr_proposal(self, proposal: IsrProposal) -> None:
         """Send a proposal the core started (``Partition.start_isr_proposal``) and hand it the outcome."""
         try:
-            controller = ray.get_actor(self.controller_name, namespace=ACTOR_NAMESPACE)
+            controller = handles.get_named(self.controller_name)
             new_isr, partition_epoch = await asyncio.wait_for(controller.alter_isr.remote(
                 self.topic, self.partition, self.broker_id, proposal.leader_epoch, list(proposal.isr),
                 proposal.partition_epoch), timeout=self.broker_config.request_timeout_ms / 1000)

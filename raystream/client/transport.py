@@ -24,10 +24,9 @@ import pyarrow as pa
 import ray
 import ray.exceptions as rex
 
-from raystream import errors
+from raystream import errors, handles
 from raystream.client.base import BaseTransport, failed_future
 from raystream.protocol import (
-    ACTOR_NAMESPACE,
     BrokerInfo,
     FetchRequest,
     FetchResult,
@@ -37,8 +36,6 @@ from raystream.protocol import (
     TopicDescription,
     TopicMetadata,
     TopicPartition,
-    controller_actor_name,
-    replica_actor_name,
 )
 
 
@@ -75,7 +72,7 @@ class RayTransport(BaseTransport):
         if not ray.is_initialized():
             raise errors.ClusterNotFoundError("call raystream.init() first")
         try:
-            controller = ray.get_actor(controller_actor_name(cluster), namespace=ACTOR_NAMESPACE)
+            controller = handles.get_controller(cluster)
         except ValueError as exc:
             raise errors.ClusterNotFoundError(f"no raystream cluster named {cluster!r} is running") from exc
         return cls(controller, cluster)
@@ -159,8 +156,7 @@ class RayTransport(BaseTransport):
         if handle is None:
             topic, partition, broker = key
             try:
-                handle = ray.get_actor(replica_actor_name(self.cluster, topic, partition, broker),
-                                       namespace=ACTOR_NAMESPACE)
+                handle = handles.get_replica(self.cluster, topic, partition, broker)
             except ValueError as exc:
                 raise errors.LeaderNotAvailableError(
                     f"no replica of {topic}-{partition} on broker {broker}") from exc
