@@ -234,6 +234,33 @@ def controller_actor_name(cluster: str) -> str:
     return f"{cluster}/controller"
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class JoinGroupResult:
+    """The group coordinator's answer to ``join_group`` (Kafka's JoinGroup and SyncGroup in one call):
+    the member's id and generation, the chosen assignor, its assignment, the partitions it must revoke
+    first, and ``rejoin`` (a cooperative follow-up rebalance is due: rejoin after revoking)."""
+
+    member_id: str
+    generation_id: int
+    protocol: str | None
+    assignment: tuple[TopicPartition, ...]
+    revoked: tuple[TopicPartition, ...]
+    rejoin: bool
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DescribeGroupResult:
+    """The group coordinator's answer to ``describe_group_state``; ``members`` as in GroupDescription,
+    ``committed`` the (offset, metadata) per partition with a commit. The admin client adds the lag."""
+
+    group_id: str
+    state: str
+    generation_id: int
+    protocol: str | None
+    members: list[dict[str, Any]]
+    committed: dict[TopicPartition, tuple[int, str]]
+
+
 @dataclasses.dataclass(frozen=True)
 class GroupDescription:
     """``Admin.describe_group``: ``members`` are dicts (member_id, group_instance_id, client_id, topics,

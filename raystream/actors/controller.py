@@ -60,7 +60,15 @@ from raystream.actors.transactions import DEFAULT_TRANSACTION_TIMEOUT_MS, Transa
 from raystream.clock import now_ms
 from raystream.config import BrokerConfig, TopicConfig
 from raystream.core.metadata import ClusterMetadata
-from raystream.protocol import BrokerInfo, PartitionState, TopicDescription, TopicMetadata, TopicPartition
+from raystream.protocol import (
+    BrokerInfo,
+    DescribeGroupResult,
+    JoinGroupResult,
+    PartitionState,
+    TopicDescription,
+    TopicMetadata,
+    TopicPartition,
+)
 
 log = logging.getLogger(__name__)
 
@@ -203,7 +211,7 @@ class Controller:
     # -- consumer groups (GroupCoordinator) -----------------------------------------------------------------------
     async def join_group(self, group_id: str, member_id: str | None, group_instance_id: str | None,
                          client_id: str, protocols: list[str], topics: list[str], owned: list[TopicPartition],
-                         owned_generation: int, session_timeout_ms: int, rebalance_timeout_ms: int) -> dict:
+                         owned_generation: int, session_timeout_ms: int, rebalance_timeout_ms: int) -> JoinGroupResult:
         return await self.groups.join_group(group_id, member_id, group_instance_id, client_id, protocols, topics,
                                             owned, owned_generation, session_timeout_ms, rebalance_timeout_ms)
 
@@ -224,7 +232,7 @@ class Controller:
     async def list_groups(self) -> list[str]:
         return await self.groups.list_groups()
 
-    async def describe_group_state(self, group_id: str) -> dict[str, Any]:
+    async def describe_group_state(self, group_id: str) -> DescribeGroupResult:
         return await self.groups.describe_group_state(group_id)
 
     async def reset_group_offsets(self, group_id: str, offsets: dict[TopicPartition, int]) -> None:

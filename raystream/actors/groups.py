@@ -36,7 +36,13 @@ from raystream.core.group_results import JoinCompletion
 from raystream.core.lag import consumer_lag
 from raystream.core.metadata import ClusterMetadata
 from raystream.errors import GroupIdNotFoundError, GroupNotEmptyError, UnknownMemberIdError
-from raystream.protocol import LATEST, ListOffsetsRequest, TopicPartition
+from raystream.protocol import (
+    LATEST,
+    DescribeGroupResult,
+    JoinGroupResult,
+    ListOffsetsRequest,
+    TopicPartition,
+)
 from raystream.storage.compacted_map import CompactedMap
 
 log = logging.getLogger(__name__)
@@ -109,9 +115,8 @@ class GroupCoordinator:
     # -- membership --------------------------------------------------------------------------------------------
     async def join_group(self, group_id: str, member_id: str | None, group_instance_id: str | None,
                          client_id: str, protocols: list[str], topics: list[str], owned: list[TopicPartition],
-                         owned_generation: int, session_timeout_ms: int, rebalance_timeout_ms: int) -> dict:
-        """JoinGroup + SyncGroup. Returns ``member_id``, ``generation_id``, ``protocol``, ``assignment``,
-        ``revoked`` and ``rejoin`` (a cooperative follow-up is due: rejoin after revoking)."""
+                         owned_generation: int, session_timeout_ms: int, rebalance_timeout_ms: int) -> JoinGroupResult:
+        """JoinGroup + SyncGroup in one call (see :class:`~raystream.protocol.JoinGroupResult`)."""
         group = self._group(group_id, create=True)
         group.update_topic_partitions(self._partition_counts(), _now_ms())
         subscription = Subscription(sorted(set(topics)), list(owned), owned_generation, group_instance_id)
@@ -130,8 +135,8 @@ class GroupCoordinator:
             generation = completion.generation_id
         sync = group.sync(result.member_id, generation, now_ms=_now_ms())
         self._tick_group(group)
-        return {"member_id": result.member_id, "generation_id": sync.generation_id, "protocol": sync.protocol,
-                "assignment": list(sync.assignment or ()), "revoked": list(sync.revoked), "rejoin": sync.rejoin}
+        return JoinGroupResult(result.member_id, sync.generation_id, sync.protocol, tuple(sync.assignment or ()),
+                               tuple(sync.revoked), sync.rejoin)
 
     async def heartbeat_group(self, group_id: str, member_id: str, generation_id: int, wait_ms: int = 0) -> bool:
         """True: a rebalance is in progress, the member must rejoin. ``wait_ms``: a long-poll heartbeat —
@@ -308,19 +313,17 @@ class GroupCoordinator:
         live = {g for g, group in self._groups.items() if group.state is not GroupState.DEAD}
         return sorted(live | with_offsets)
 
-    async def describe_group_state(self, group_id: str) -> dict[str, Any]:
+    async def describe_group_state(self, group_id: str) -> DescribeGroupResult:
         group = self._group(group_id)
         offsets = await self.fetch_offsets(group_id)
         if group is None and not offsets:
             raise GroupIdNotFoundError(f"unknown group {group_id!r}", group_id=group_id)
         if group is None:
-            return {"group_id": group_id, "state": GroupState.EMPTY.value, "generation_id": -1, "protocol": None,
-                    "members": [], "offsets": offsets}
+            return DescribeGroupResult(group_id, GroupState.EMPTY.value, -1, None, [], offsets)
         d = group.describe()
         members = [{"member_id": m.member_id, "group_instance_id": m.group_instance_id, "client_id": m.client_id,
                     "topics": list(m.topics), "assignment": list(m.assignment)} for m in d.members]
-        return {"group_id": group_id, "state": d.state.value, "generation_id": d.generation_id,
-                "protocol": d.protocol, "members": members, "offsets": offsets}
+        return DescribeGroupResult(group_id, d.state.value, d.generation_id, d.protocol, members, offsets)
 
     async def reset_group_offsets(self, group_id: str, offsets: dict[TopicPartition, int]) -> None:
         """Replace committed offsets; only while the group has no active member (Kafka's rule)."""

@@ -146,11 +146,10 @@ class Admin:
         (high watermark − committed offset; None where the high watermark is unknown)."""
         self._check_open()
         d = self._transport.group_call("describe_group_state", _check_group(group_id), timeout_s=self._timeout_s)
-        offsets = {tp: offset for tp, (offset, _) in d["offsets"].items()}
+        offsets = {tp: offset for tp, (offset, _) in d.committed.items()}
         ends = self._offsets_of(sorted(offsets), LATEST)
         lag = consumer_lag(offsets, ends)
-        return GroupDescription(d["group_id"], d["state"], d["generation_id"], d["members"], offsets, lag,
-                                d["protocol"])
+        return GroupDescription(d.group_id, d.state, d.generation_id, d.members, offsets, lag, d.protocol)
 
     def reset_offsets(self, group_id: str, partitions: Any, to: Any) -> dict[TopicPartition, int]:
         """Set the group's committed offsets of ``partitions`` (a topic name or a list of TopicPartition)

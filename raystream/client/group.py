@@ -59,7 +59,7 @@ from raystream.errors import (
     RebalanceInProgressError,
     UnknownMemberIdError,
 )
-from raystream.protocol import TopicPartition
+from raystream.protocol import JoinGroupResult, TopicPartition
 
 log = logging.getLogger(__name__)
 COOPERATIVE = "cooperative-sticky"
@@ -100,7 +100,7 @@ class _Join:
     future: Future
     sent_at: float  # monotonic, when the request left
     deadline: float  # monotonic: unanswered by then, it is abandoned and a new join sent
-    result: dict | None = None
+    result: JoinGroupResult | None = None
     error: BaseException | None = None
 
     @property
@@ -197,7 +197,7 @@ class GroupMember:
                 return set()
             join = self._join
             if join is not None and join.result is not None:
-                return assigned & set(join.result["assignment"])
+                return assigned & set(join.result.assignment)
         return assigned
 
     def may_deliver(self) -> bool:
@@ -315,8 +315,8 @@ class GroupMember:
                 join.error = exc
             else:
                 join.result = result = future.result()
-                self.member_id, self.generation_id = result["member_id"], result["generation_id"]
-                self.protocol = result["protocol"]
+                self.member_id, self.generation_id = result.member_id, result.generation_id
+                self.protocol = result.protocol
                 self._lease_until = join.sent_at + self.session_s
             self._notify()
 
@@ -345,19 +345,19 @@ class GroupMember:
             self._next_join_at = time.monotonic() + self.backoff_s  # retry pacing, not synchronisation
             return
         result = join.result
-        assignment = set(result["assignment"])
-        revoked = set(result["revoked"]) | (self.owned - assignment)
+        assignment = set(result.assignment)
+        revoked = set(result.revoked) | (self.owned - assignment)
         if revoked:
             self._revoke(consumer, revoked, commit=True)
         added = assignment - self.owned
         with self._lock:
-            self._needs_join = self._needs_join or bool(result["rejoin"])
+            self._needs_join = self._needs_join or result.rejoin
         self.owned = assignment
         consumer._apply_group_assignment(sorted(assignment), sorted(added))
-        log.info("group %s: member %s generation %d assigned %s", self.group_id, result["member_id"],
-                 result["generation_id"], sorted(assignment))
+        log.info("group %s: member %s generation %d assigned %s", self.group_id, result.member_id,
+                 result.generation_id, sorted(assignment))
         if self.on_assign is not None:
-            self.on_assign(added if result["protocol"] == COOPERATIVE else set(assignment))
+            self.on_assign(added if result.protocol == COOPERATIVE else set(assignment))
 
     def _revoke(self, consumer: Any, partitions: set[TopicPartition], commit: bool, lost: bool = False) -> None:
         if commit:
@@ -409,7 +409,7 @@ class GroupMember:
             # A join still parked: its answer (it may carry a member id we never learnt) ends it too.
             try:
                 answer = join.future.result(timeout=0)
-                member_id = member_id or answer["member_id"]
+                member_id = member_id or answer.member_id
             except Exception:  # still parked, or failed: the session timeout removes that member
                 pass
         if leave is None:
