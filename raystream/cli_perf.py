@@ -37,6 +37,7 @@ import click
 
 from raystream import errors
 from raystream.cli_topics import connect, friendly_errors
+from raystream.config import DATA_PATH_BYTES
 
 MB = 1 << 20
 #: Kafka's ThroughputThrottler sleeps only once it is at least this far ahead of schedule.
@@ -388,7 +389,7 @@ def produce_perf(ctx, topic, num_records, record_size, partitions, replication_f
 @_topic_options
 @click.option("--timeout-ms", type=click.IntRange(min=0), default=10_000, show_default=True,
               help="Stop after this long without a record.")
-@click.option("--max-partition-fetch-bytes", type=click.IntRange(min=1), default=1_048_576, show_default=True)
+@click.option("--max-partition-fetch-bytes", type=click.IntRange(min=1), default=DATA_PATH_BYTES, show_default=True)
 @click.option("--max-poll-records", type=click.IntRange(min=1), default=500, show_default=True)
 @click.option("--fill/--no-fill", default=None,
               help="First write --num-records records (default: only into a topic this command created).")

@@ -17,6 +17,14 @@ NO_LIMIT = -1
 #: Kafka's Long.MAX_VALUE default for flush.messages / flush.ms, meaning "leave flushing to the OS".
 LONG_MAX = 2**63 - 1
 
+#: The data path's request and fetch sizes, where raystream's defaults differ from Kafka's (1 MiB each).
+#: Every produce and fetch is one Ray actor call, and a call costs ~2 ms before its first byte here plus
+#: ~1 ms per MiB through the object store (``benchmarks/cluster.py``): at 1 MiB two thirds of a call is
+#: fixed cost, at 16 MiB a tenth. So producers send (``max_request_size``), topics accept
+#: (``max.message.bytes``, + Kafka's 12 bytes of slack) and consumers and followers fetch
+#: (``max_partition_fetch_bytes``, ``replica.fetch.max.bytes``) up to 16 MiB per partition by default.
+DATA_PATH_BYTES = 16 * 1024 * 1024
+
 CLEANUP_POLICIES = ("delete", "compact", "compact,delete")
 TIMESTAMP_TYPES = ("CreateTime", "LogAppendTime")
 
@@ -31,7 +39,7 @@ class TopicConfig:
     segment_ms: int = 7 * 24 * 3600 * 1000
     cleanup_policy: str = "delete"
     min_insync_replicas: int = 1
-    max_message_bytes: int = 1048588
+    max_message_bytes: int = DATA_PATH_BYTES + 12  # Kafka: 1048588 (see DATA_PATH_BYTES)
     delete_retention_ms: int = 24 * 3600 * 1000
     unclean_leader_election_enable: bool = False
     flush_messages: int = LONG_MAX
@@ -123,7 +131,7 @@ class BrokerConfig:
     """Cluster-wide (broker) settings, Kafka's names and defaults unless noted."""
 
     replica_lag_time_max_ms: int = 30000
-    replica_fetch_max_bytes: int = 1048576
+    replica_fetch_max_bytes: int = DATA_PATH_BYTES  # Kafka: 1048576 (see DATA_PATH_BYTES)
     request_timeout_ms: int = 30000
     #: Kafka's replica.fetch.backoff.ms is 1000; a push replicator retries a dead follower sooner.
     replica_retry_backoff_ms: int = 100

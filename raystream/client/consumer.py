@@ -9,6 +9,9 @@ position resets in :mod:`raystream.client.fetcher`; ``beginning_offsets`` / ``en
 ``offsets_for_times`` in :mod:`raystream.client.offset_fetcher`; the configuration checks in
 :mod:`raystream.client.consumer_config`.
 
+Defaults are Kafka's except ``max_partition_fetch_bytes``: 16 MiB (Kafka 1 MiB), as every fetch is one
+actor call with a fixed cost of milliseconds (see :data:`raystream.config.DATA_PATH_BYTES`).
+
 Not thread-safe (like Kafka's consumer): use one consumer from one thread at a time.
 """
 
@@ -49,6 +52,7 @@ from raystream.client.group import DEFAULT_ASSIGNORS, ConsumerGroupMetadata, Gro
 from raystream.client.metadata import MetadataCache
 from raystream.client.offset_fetcher import OffsetAndTimestamp, OffsetFetcher
 from raystream.client.subscription_state import SubscriptionState
+from raystream.config import DATA_PATH_BYTES
 from raystream.errors import ClosedError, RaystreamError, RequestTimeoutError, UnknownTopicOrPartitionError
 from raystream.protocol import EARLIEST, LATEST, Record, TopicPartition
 
@@ -70,7 +74,7 @@ class Consumer:
                  isolation_level: str = "read_uncommitted", session_timeout_ms: int = 45_000,
                  heartbeat_interval_ms: int = 3000, max_poll_interval_ms: int = 300_000,
                  max_poll_records: int = 500, fetch_min_bytes: int = 1, fetch_max_wait_ms: int = 500,
-                 fetch_max_bytes: int = 52_428_800, max_partition_fetch_bytes: int = 1_048_576,
+                 fetch_max_bytes: int = 52_428_800, max_partition_fetch_bytes: int = DATA_PATH_BYTES,
                  request_timeout_ms: int = 30_000, retry_backoff_ms: int = 100,
                  metadata_max_age_ms: int = 300_000, default_api_timeout_ms: int = 60_000,
                  consumer_timeout_ms: int | None = None,

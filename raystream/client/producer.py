@@ -13,6 +13,10 @@ its default it is silently off when the other settings cannot support it (``acks
 ``retries=0``, or ``max_in_flight_requests_per_connection > 5``); ``enable_idempotence=True`` with such a
 setting raises ValueError. :attr:`Producer.enable_idempotence` tells which it is.
 
+Defaults are Kafka's except the sizes, which are Ray's: ``batch_size`` 1 MiB (Kafka 16 KiB),
+``max_request_size`` 16 MiB (Kafka 1 MiB) and ``buffer_memory`` 128 MiB (Kafka 32 MiB), because every
+request is one actor call with a fixed cost of milliseconds (see :data:`raystream.config.DATA_PATH_BYTES`).
+
 Thread-safe: any number of threads may send, flush and close concurrently.
 """
 
@@ -38,6 +42,7 @@ from raystream.client.sender import Sender
 from raystream.client.serde import RECORD_OVERHEAD_BYTES, normalize_headers, record_size, row_size, serialize
 from raystream.client.transaction_manager import TransactionManager, producer_mode
 from raystream.clock import now_ms as _now_ms
+from raystream.config import DATA_PATH_BYTES
 from raystream.core.partitioner import partition_for_key
 from raystream.errors import (
     ClosedError,
@@ -95,8 +100,8 @@ class Producer:
     Used by ``rs.data.write_topic``, one replay id per write task."""
 
     def __init__(self, *, acks: int | str = "all", linger_ms: int = 5, batch_size: int = 1_048_576,
-                 buffer_memory: int = 32 * 1024 * 1024, max_block_ms: int = 60_000,
-                 max_request_size: int = 1_048_576, delivery_timeout_ms: int = 120_000,
+                 buffer_memory: int = 8 * DATA_PATH_BYTES, max_block_ms: int = 60_000,
+                 max_request_size: int = DATA_PATH_BYTES, delivery_timeout_ms: int = 120_000,
                  request_timeout_ms: int = 30_000, retries: int = 2_147_483_647, retry_backoff_ms: int = 100,
                  max_in_flight_requests_per_connection: int = 5, metadata_max_age_ms: int = 300_000,
                  leader_recheck_ms: int = 1000,

@@ -141,7 +141,8 @@ def test_a_restarted_replica_rebuilds_its_producer_state(cluster, topic_name):
 def test_idempotent_producer_end_to_end(cluster, topic_name):
     rs.Admin().create_topic(topic_name, partitions=1)
     n, rows = 20_000, 200_000  # rows: ~20 MB, so ~20 pipelined 1 MiB requests that Ray may reorder
-    with rs.Producer(enable_idempotence=True, batch_size=16_384, linger_ms=1) as producer:
+    with rs.Producer(enable_idempotence=True, batch_size=16_384, linger_ms=1,
+                     max_request_size=1_048_576) as producer:
         assert producer.enable_idempotence
         futures = [producer.send(topic_name, value=b"%06d" % i) for i in range(n)]
         pad = b"x" * 92

@@ -29,6 +29,7 @@ from fake_partition import FakePartition
 
 from raystream import errors
 from raystream.client.base import BaseTransport
+from raystream.config import TopicConfig
 from raystream.protocol import (
     BrokerInfo,
     FetchRequest,
@@ -83,7 +84,8 @@ class FakeTransport(BaseTransport):
 
     # -- helpers for tests -----------------------------------------------------------------------------------
     def add_topic(self, name: str, partitions: int = 1, schema: pa.Schema | None = None,
-                  key_column: str | None = None, max_message_bytes: int = 1048588) -> TopicMetadata:
+                  key_column: str | None = None,
+                  max_message_bytes: int = TopicConfig.max_message_bytes) -> TopicMetadata:
         with self.lock:
             schema_bytes = schema.serialize().to_pybytes() if schema is not None else None
             states = tuple(PartitionState(name, p, tuple(self.brokers), self.brokers[p % len(self.brokers)], 0,

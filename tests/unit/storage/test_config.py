@@ -15,7 +15,7 @@ def test_defaults_are_kafkas():
     assert c.retention_ms == 604800000 and c.retention_bytes == NO_LIMIT
     assert c.segment_bytes == 1073741824 and c.segment_ms == 604800000
     assert c.cleanup_policy == "delete" and c.delete and not c.compact
-    assert c.max_message_bytes == 1048588 and c.delete_retention_ms == 86400000
+    assert c.max_message_bytes == 16 * 1024 * 1024 + 12 and c.delete_retention_ms == 86400000
     assert c.flush_messages == c.flush_ms == LONG_MAX
     assert c.index_interval_bytes == 4096 and c.message_timestamp_type == "CreateTime"
     assert c.min_insync_replicas == 1 and c.unclean_leader_election_enable is False
