@@ -48,6 +48,13 @@ def _binary_array(items: list[bytes | None]) -> pa.Array:
     return pa.array(items, type=pa.binary())
 
 
+def _closed(batches: list[ProducerBatch]) -> list[ProducerBatch]:
+    """``batches``, taken out of their queues, marked closed: no append reaches them any more."""
+    for batch in batches:
+        batch.closed = True
+    return batches
+
+
 class ProducerBatch:
     """Records for one partition, sent as one produce request. Appended to under the accumulator's lock
     until drained; from then on owned by the sender thread alone."""
@@ -160,6 +167,10 @@ class RecordAccumulator:
         self._used = 0
         self._incomplete: set[BatchResult] = set()
         self._sticky: dict[str, int] = {}
+        #: The open batch of each topic's sticky partition: where :meth:`append_sticky` puts unkeyed records
+        #: without looking up the partition and its queue. A batch leaves its queue only closed, so an
+        #: entry that is not closed is still its queue's last batch.
+        self._open: dict[str, ProducerBatch] = {}
 
     # -- user threads ----------------------------------------------------------------------------------------
     def append(self, topic: str, partition: int | None, meta: TopicMetadata, kind: str, key: bytes | None,
@@ -172,7 +183,8 @@ class RecordAccumulator:
                 self._reserve(size)  # raises, or blocks until memory is free
             else:
                 self._used += size
-            if partition is None:
+            sticky = partition is None
+            if sticky:
                 partition = self._sticky_partition(topic, size, meta)
             queue = self._queues.get((topic, partition))
             if queue is None:
@@ -184,7 +196,29 @@ class RecordAccumulator:
                 self._track(batch)
                 queue.append(batch)
                 self._wake()  # a new batch: the sender arms its linger timer
+            if sticky:
+                self._open[topic] = batch
             index = batch.append(key, value, headers, timestamp, size)
+            if batch.size >= self.batch_size:
+                self._wake()  # full: ready now
+            return RecordFuture(batch.result, index, timestamp)
+
+    def append_sticky(self, topic: str, value: bytes | None, timestamp: int, size: int) -> RecordFuture | None:
+        """The per-record send's fast path: add an unkeyed record without headers to the open batch of the
+        topic's sticky partition if it has room (and ``buffer_memory`` too); None means "use
+        :meth:`append`", which also handles the first record, a full batch and blocking."""
+        with self._lock:
+            batch = self._open.get(topic)
+            if (batch is None or batch.closed or self.closed or batch.size + size > self.batch_size
+                    or self._used + size > self.buffer_memory or batch.has_headers):
+                return None
+            self._used += size
+            index = batch.count
+            batch.keys.append(None)
+            batch.values.append(value)
+            batch.timestamps.append(timestamp)
+            batch.size += size
+            batch.count = batch.result.record_count = index + 1
             if batch.size >= self.batch_size:
                 self._wake()  # full: ready now
             return RecordFuture(batch.result, index, timestamp)
@@ -362,7 +396,7 @@ class RecordAccumulator:
                 if any(b.deadline <= now for b in queue):
                     expired.extend(b for b in queue if b.deadline <= now)
                     self._queues[key] = deque(b for b in queue if b.deadline > now)
-        return expired
+            return _closed(expired)
 
     def reenqueue(self, batches: list[ProducerBatch], retry_at: float) -> None:
         """Put batches back at the head of their partition's queue (in the given order) to retry."""
@@ -383,14 +417,14 @@ class RecordAccumulator:
         """Remove and return the batches queued for ``partitions`` (they cannot be sent: the sender fails
         them)."""
         with self.cond:
-            return [b for tp in partitions for b in self._queues.pop((tp.topic, tp.partition), ())]
+            return _closed([b for tp in partitions for b in self._queues.pop((tp.topic, tp.partition), ())])
 
     def drain_all(self) -> list[ProducerBatch]:
         """Remove and return every queued batch (a forced close fails them)."""
         with self.cond:
             out = [b for queue in self._queues.values() for b in queue]
             self._queues.clear()
-            return out
+            return _closed(out)
 
     def has_queued(self) -> bool:
         with self.cond:

@@ -174,12 +174,17 @@ class Producer:
                 and (value is None or type(value) is bytes) and (key is None or type(key) is bytes)
                 and self._plain and not self._closed):
             meta = self._metadata.cached(topic)
-            if meta is not None and meta.schema is None:
+            if meta is not None and meta.schema_bytes is None:
                 size = RECORD_OVERHEAD_BYTES + (len(key) if key else 0) + (len(value) if value else 0)
                 if size <= self._fast_limit:
+                    ts = time.time_ns() // 1_000_000
+                    if key is None:
+                        future = self._acc.append_sticky(topic, value, ts, size)
+                        if future is not None:
+                            return future
                     return self._acc.append(
                         topic, None if key is None else partition_for_key(key, len(meta.partitions)), meta,
-                        RECORDS, key, value, None, time.time_ns() // 1_000_000, size)
+                        RECORDS, key, value, None, ts, size)
         self._check_open()
         self._txn.check_send()
         if not isinstance(topic, str) or not topic:

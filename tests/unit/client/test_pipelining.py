@@ -12,7 +12,7 @@ from raystream import errors
 from raystream.client.accumulator import RECORDS, RecordAccumulator, _binary_array
 from raystream.client.futures import BatchResult
 from raystream.core.partitioner import partition_for_key
-from raystream.protocol import TopicPartition
+from raystream.protocol import PartitionState, TopicMetadata, TopicPartition
 
 T0 = TopicPartition("t", 0)
 
@@ -93,6 +93,26 @@ def test_fast_path_sends_like_the_general_path(fake, make_producer):
     assert fake.records(TopicPartition("t", meta.partition)).column("value").to_pylist() == [b"v", None]
     unkeyed = producer.send("t", value=b"x").result(10)
     assert 0 <= unkeyed.partition < 5
+
+
+@pytest.mark.parametrize("removal", ["expire", "remove_queued", "drain_all"])
+def test_fast_path_never_appends_to_a_batch_taken_out_of_its_queue(removal):
+    # append_sticky writes into the sticky partition's open batch without looking at the queue: a batch
+    # removed from the queue (expired, failed, force-closed) must refuse records, or they are lost with it.
+    acc = RecordAccumulator(batch_size=1 << 20, linger_ms=60_000, buffer_memory=1 << 20, max_block_ms=1000,
+                            delivery_timeout_ms=10_000)
+    meta = TopicMetadata("t", (PartitionState("t", 0, (0,), 0, 0, (0,)),), {})
+    acc.append("t", None, meta, RECORDS, None, b"a", None, 1, 40)
+    assert acc.append_sticky("t", b"b", 2, 40) is not None  # the open batch takes it
+    removed = {"expire": lambda: acc.expire(time.monotonic() + 3600),
+               "remove_queued": lambda: acc.remove_queued({T0}), "drain_all": acc.drain_all}[removal]()
+    assert [b.values for b in removed] == [[b"a", b"b"]]
+    assert acc.append_sticky("t", b"c", 3, 40) is None  # the general path must start a new batch
+    acc.append("t", None, meta, RECORDS, None, b"c", None, 3, 40)
+    assert acc.append_sticky("t", b"d", 4, 40) is not None
+    acc.begin_flush()  # ready now, linger or not
+    (batch,), _ = acc.drain(time.monotonic(), lambda tp: True)
+    assert batch.values == [b"c", b"d"]
 
 
 def test_fast_path_keeps_the_checks(fake, make_producer):
