@@ -65,6 +65,7 @@ RECORD_SIZE = 100
 #: Kafka's defaults for max.request.size / max.partition.fetch.bytes and max.message.bytes (raystream's
 #: are 16 MiB: raystream.config.DATA_PATH_BYTES); the ``kafka_sizes`` runs show what the difference buys.
 KAFKA_BYTES = MIB
+NODE_OBJECT_STORE_BYTES = 2 << 30  # per node of the 3-node Cluster
 KAFKA_MAX_MESSAGE_BYTES = MIB + 12
 #: Issue 14's table: (direction, floor, goal) per headline figure; ``met`` judges the floor, ``goal_met``
 #: the goal. Memory per replica is the replicas' average PSS at the capacity probe's last step.
@@ -388,11 +389,15 @@ def run_multinode(results: dict[str, Any], n: int, rows: int, root: str) -> None
     for d in dirs:
         os.makedirs(d)
     progress("starting a 3-node ray.cluster_utils.Cluster ...")
+    # Each node's object store as a real node's would be (Ray gives 30 % of RAM by default), not
+    # cluster_utils' 150 MiB test default: with 16 MiB requests and pushes that small a store spills to disk.
     cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 1, "include_dashboard": False, "env_vars": {"RAYSTREAM_DATA_DIR": dirs[0]}})
+        "num_cpus": 1, "include_dashboard": False, "object_store_memory": NODE_OBJECT_STORE_BYTES,
+        "env_vars": {"RAYSTREAM_DATA_DIR": dirs[0]}})
     try:
         for d in dirs[1:]:
-            cluster.add_node(num_cpus=1, env_vars={"RAYSTREAM_DATA_DIR": d})
+            cluster.add_node(num_cpus=1, object_store_memory=NODE_OBJECT_STORE_BYTES,
+                             env_vars={"RAYSTREAM_DATA_DIR": d})
         cluster.wait_for_nodes()
         ray.init(address=cluster.address, log_to_driver=False)
         try:
