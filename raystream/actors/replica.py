@@ -104,6 +104,7 @@ class PartitionReplica(ReplicationMixin):
         self._data_event: asyncio.Event | None = None
         self._hw_event: asyncio.Event | None = None
         self._shared_refs: OrderedDict[tuple[int, int], ray.ObjectRef] = OrderedDict()
+        self._push_positions: dict[int, int] = {}  # follower broker -> where its next push starts
         self._isr_tasks: set[asyncio.Task] = set()  # ISR expansions in flight (held: tasks are weakly kept)
         self._rejoin: asyncio.Task | None = None
         if reconstructed:
@@ -173,6 +174,7 @@ class PartitionReplica(ReplicationMixin):
             task.cancel()
         self._replicators.clear()
         self._shared_refs.clear()
+        self._push_positions.clear()
 
     async def _rejoin_loop(self, lost_data: bool) -> None:
         """Ask the controller for this replica's role until it answers (it may be restarting too)."""

@@ -1,8 +1,9 @@
 """Replication of a partition, both sides: the leader's replicator tasks and the follower's handlers.
 
 Replication is **push**, driven by the leader: one replicator task per follower sends every new batch
-(read back from the leader's log as whole stored batches) to the follower, which appends it verbatim and
-answers with its log end offset. Why push rather than Kafka's pull: on Ray an actor call is the unit of
+(read back from the leader's log as the segment files' bytes, undecoded) to the follower, which checks
+each message's checksum and writes the same bytes, and answers with its log end offset: a batch is
+encoded once, by the leader that assigned its offsets. Why push rather than Kafka's pull: on Ray an actor call is the unit of
 cost, and a push needs one call per batch per follower where pull needs a long-poll plus the data; the
 leader also knows the moment data arrives, so acks=all completes one hop sooner. What pull gives Kafka —
 the follower decides when it is ready, and catch-up after an outage is the same code as steady state — we
@@ -15,7 +16,7 @@ heartbeat that keeps a live follower in the ISR and carries the high watermark.
 
 Concurrency: mixed into the async actor :class:`raystream.actors.replica.PartitionReplica`, whose event
 loop runs every method here; it uses that class's state (``state``, ``log``, ``producers``,
-``broker_config``, ``_shared_refs``, ``_isr_tasks``, ``_wait`` / ``_signal``,
+``broker_config``, ``_shared_refs``, ``_push_positions``, ``_isr_tasks``, ``_wait`` / ``_signal``,
 ``_advance_high_watermark``) and is not usable on its own.
 """
 
@@ -32,9 +33,12 @@ from raystream.clock import now_ms as _now_ms
 from raystream.core.partition import IsrProposal
 from raystream.errors import FencedLeaderEpochError, RaystreamError
 from raystream.protocol import ReplicaStatus, Role
+from raystream.storage.batch import RawBatches, raw_batches
 
 log = logging.getLogger(__name__)
-#: Object-store refs of batches read for followers, kept for reuse by followers at the same offset.
+#: Object-store refs of pushes kept for followers at the same offset: at most this many, and only while
+#: some follower's next push starts where one does (a push is up to replica.fetch.max.bytes, 16 MiB by
+#: default, pinned in the object store while referenced).
 _SHARED_REFS_MAX = 4
 
 
@@ -59,11 +63,14 @@ class ReplicationMixin:
                     follower_leo = await self._sync_follower(handle, epoch)
                 leo = self.log.log_end_offset
                 batches: Any = []
+                self._push_positions[broker] = follower_leo
                 if follower_leo < leo:
                     batches = self._shared_ref(follower_leo)
                 follower_leo = await asyncio.wait_for(
                     handle.replicate.remote(epoch, self.broker_id, batches, self.state.high_watermark),
                     timeout=cfg.request_timeout_ms / 1000)
+                self._push_positions[broker] = follower_leo
+                self._forget_shared_refs()
                 self.state.record_follower(broker, follower_leo, leo, _now_ms())
                 self._advance_high_watermark()
                 self._maybe_expand_isr(broker)
@@ -77,10 +84,12 @@ class ReplicationMixin:
                     return
                 log.warning("[%s] replication to broker %d failed: %s", self.name, broker, exc)
                 follower_leo = None
+                self._push_positions.pop(broker, None)  # the re-sync decides where its next push starts
                 await asyncio.sleep(cfg.replica_retry_backoff_ms / 1000)
             except Exception as exc:  # follower dead, restarting or slow: retry after a backoff
                 log.info("[%s] follower %d unreachable (%s); retrying", self.name, broker, type(exc).__name__)
                 handle, follower_leo = None, None
+                self._push_positions.pop(broker, None)
                 await asyncio.sleep(cfg.replica_retry_backoff_ms / 1000)
 
     async def _sync_follower(self, handle, epoch: int) -> int:
@@ -97,12 +106,19 @@ class ReplicationMixin:
         for (ref_start, ref_end), ref in self._shared_refs.items():
             if ref_start == start and ref_end == self.log.log_end_offset:
                 return ref
-        batches = self.log.read_batches(start, self.broker_config.replica_fetch_max_bytes)
-        ref = ray.put(batches)
+        batches = self.log.read_raw(start, self.broker_config.replica_fetch_max_bytes)
+        ref = ray.put(batches)  # copies the file slices: the log may be truncated afterwards
+        self._forget_shared_refs()
         self._shared_refs[(start, self.log.log_end_offset)] = ref
         while len(self._shared_refs) > _SHARED_REFS_MAX:
             self._shared_refs.popitem(last=False)
         return ref
+
+    def _forget_shared_refs(self) -> None:
+        """Drop the pushes no follower will be sent again (none's next push starts at them)."""
+        wanted = set(self._push_positions.values())
+        for key in [key for key in self._shared_refs if key[0] not in wanted]:
+            del self._shared_refs[key]
 
     def _maybe_expand_isr(self, broker: int) -> None:
         """Propose adding ``broker`` without waiting for the controller: the proposed member counts for the
@@ -149,13 +165,18 @@ class ReplicationMixin:
                      self.log.log_end_offset, leader, epoch)
         return self.log.log_end_offset
 
-    async def replicate(self, epoch: int, leader: int, batches: list, high_watermark: int) -> int:
+    async def replicate(self, epoch: int, leader: int, batches: list[RawBatches], high_watermark: int) -> int:
+        """Append the leader's batches (its segments' bytes, each message checked here and written
+        verbatim) from this replica's log end offset; returns the new log end offset."""
         self.state.accept_replication(epoch, leader)
         leo = self.log.log_end_offset
-        for batch in (b for b in batches if b.header.base_offset >= leo):
-            # One batch per append, recorded at once: the producer state is exact at every segment roll.
-            self.log.append_as_follower([batch], now=_now_ms())
-            self.producers.record(batch.header)
+        for group in batches:
+            for raw in raw_batches(group):
+                if raw.header.base_offset < leo:
+                    continue
+                # One batch per append, recorded at once: the producer state is exact at every segment roll.
+                self.log.append_raw_as_follower(raw, now=_now_ms())
+                self.producers.record(raw.header)
         if self.state.follow_high_watermark(high_watermark, self.log.log_end_offset):
             self.log.set_high_watermark(self.state.high_watermark)
         return self.log.log_end_offset

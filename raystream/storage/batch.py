@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import struct
+from collections.abc import Iterator
 
 import crc32c
 import msgpack
@@ -130,6 +131,46 @@ class StoredBatch:
     @property
     def last_offset(self) -> int:
         return self.header.last_offset
+
+
+@dataclasses.dataclass(frozen=True)
+class RawBatches:
+    """Consecutive stored batches of one segment as the segment holds them: ``data`` is a slice of the file
+    (whole IPC messages: framing, metadata with header, statistics and checksum, body) and ``schema`` the
+    segment's schema. What a leader ships to its followers: no decode on the leader, no re-encode on the
+    follower, which checks each message (:func:`raw_batches`) and writes its bytes verbatim."""
+
+    schema: pa.Schema
+    data: pa.Buffer
+
+
+@dataclasses.dataclass(frozen=True)
+class RawBatch:
+    """One checked message of a :class:`RawBatches` (made only by :func:`raw_batches`)."""
+
+    header: BatchHeader
+    frame: Frame
+    message: pa.Buffer
+    schema: pa.Schema
+
+
+def raw_batches(group: RawBatches) -> Iterator[RawBatch]:
+    """The messages of ``group`` in order, each parsed and its checksum verified here, where the bytes
+    enter the process (CorruptRecordError for a torn, malformed or altered message: nothing after it is
+    yielded)."""
+    data, position = group.data, 0
+    while position < data.size:
+        rest = data.slice(position)
+        frame = parse_frame(rest)
+        if frame.total_length > rest.size:
+            raise CorruptRecordError(f"torn message at byte {position} of a replicated range")
+        message = rest.slice(0, frame.total_length)
+        actual = checksum_of(message, frame)
+        if frame.crc_hex != b"%08x" % actual:
+            raise CorruptRecordError(f"checksum mismatch in a replicated batch: stored "
+                                     f"{frame.crc_hex.decode(errors='replace')}, computed {actual:08x}")
+        yield RawBatch(BatchHeader.unpack(frame.header_bytes), frame, message, group.schema)
+        position += frame.total_length
 
 
 # -- encoding ----------------------------------------------------------------------------------------------

@@ -42,7 +42,7 @@ from raystream.record import (
     user_schema_of,
 )
 from raystream.storage import log_read
-from raystream.storage.batch import BatchEncoder, BatchHeader, StoredBatch
+from raystream.storage.batch import BatchEncoder, BatchHeader, Frame, RawBatch, RawBatches, StoredBatch
 from raystream.storage.epoch_cache import LeaderEpochCache
 from raystream.storage.files import fsync_dir
 from raystream.storage.log_directory import (
@@ -196,18 +196,17 @@ class Log:
             self._append_stored(StoredBatch(header, empty), now)
             return AppendInfo(header.base_offset, header.last_offset, now, -1, 0, header)
 
-    def append_as_follower(self, batches: list[StoredBatch], *, now: int) -> int:
-        """Append batches copied from the leader, keeping their offsets and headers. Returns the new LEO."""
+    def append_raw_as_follower(self, raw: RawBatch, *, now: int) -> int:
+        """Append one batch copied from the leader as its exact message (checked by
+        :func:`~raystream.storage.batch.raw_batches`), writing the bytes verbatim. Returns the new LEO."""
         with self._lock:
             self._check_open()
-            for batch in batches:
-                if not isinstance(batch, StoredBatch):
-                    raise TypeError(f"expected StoredBatch, got {type(batch).__name__}")
-                if batch.header.base_offset < self.log_end_offset:
-                    raise InvalidRecordError(
-                        f"replicated batch at offset {batch.header.base_offset} is below the log end offset "
-                        f"{self.log_end_offset} of {self.directory.name}")
-                self._append_stored(batch, now)
+            if not isinstance(raw, RawBatch):
+                raise TypeError(f"expected RawBatch, got {type(raw).__name__}")
+            if raw.header.base_offset < self.log_end_offset:
+                raise InvalidRecordError(f"replicated batch at offset {raw.header.base_offset} is below the log "
+                                         f"end offset {self.log_end_offset} of {self.directory.name}")
+            self._append_encoded(raw.header, raw.schema, ([raw.message], raw.frame), now)
             return self.log_end_offset
 
     def _append_stored(self, batch: StoredBatch, now: int) -> None:
@@ -215,22 +214,23 @@ class Log:
         if encoder is None or not encoder.schema.equals(batch.data.schema):
             encoder = self._encoder = BatchEncoder(batch.data.schema)
         encoded = encoder.encode(batch)  # first, so the roll decision knows the exact size
-        segment = self._maybe_roll(batch, encoded[1].total_length)
-        segment.append(batch, encoded)
-        self.epoch_cache.assign(batch.header.leader_epoch, batch.header.base_offset)
-        self._unflushed_messages += batch.header.record_count
+        self._append_encoded(batch.header, batch.data.schema, encoded, now)
+
+    def _append_encoded(self, header: BatchHeader, schema: pa.Schema, encoded: tuple[list, Frame],
+                        now: int) -> None:
+        segment = self.active_segment
+        reason = segment.roll_reason(header, schema, encoded[1].total_length, self.config.segment_bytes,
+                                     self.config.segment_ms)
+        if reason is not None:
+            segment = self._roll(header.base_offset, schema, reason)
+        segment.append_encoded(header, encoded)
+        self.epoch_cache.assign(header.leader_epoch, header.base_offset)
+        self._unflushed_messages += header.record_count
         if (self._unflushed_messages >= self.config.flush_messages
                 or now - self._last_flush_ms >= self.config.flush_ms):
             self._flush(now)
 
     # -- roll ---------------------------------------------------------------------------------------------------
-    def _maybe_roll(self, batch: StoredBatch, size: int) -> LogSegment:
-        segment = self.active_segment
-        reason = segment.roll_reason(batch, size, self.config.segment_bytes, self.config.segment_ms)
-        if reason is None:
-            return segment
-        return self._roll(batch.header.base_offset, batch.data.schema, reason)
-
     def _roll(self, base_offset: int, schema: pa.Schema, reason: str) -> LogSegment:
         old = self.active_segment
         old.flush()
@@ -334,6 +334,13 @@ class Log:
         with self._lock:
             self._check_open()
             return log_read.read_batches(self.segments, self._range(start_offset, max_bytes, max_offset), verify)
+
+    def read_raw(self, start_offset: int, max_bytes: int, max_offset: int | None = None) -> list[RawBatches]:
+        """The replication read: :meth:`read_batches` as the segment files' bytes (one :class:`RawBatches`
+        per segment; zero-copy views: serialise them before the log is truncated)."""
+        with self._lock:
+            self._check_open()
+            return log_read.read_raw(self.segments, self._range(start_offset, max_bytes, max_offset))
 
     def read(self, start_offset: int, max_bytes: int, max_offset: int | None = None,
              columns: list[str] | None = None) -> list[pa.RecordBatch]:

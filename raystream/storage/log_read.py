@@ -20,7 +20,7 @@ import pyarrow as pa
 from raystream.errors import OffsetOutOfRangeError
 from raystream.record import OFFSET_COLUMN, user_schema_of
 from raystream.storage import statistics
-from raystream.storage.batch import BatchHeader, StoredBatch
+from raystream.storage.batch import BatchHeader, RawBatches, StoredBatch
 from raystream.storage.log_segments import LogSegments
 from raystream.storage.schema_evolution import compatibility_problems, evolve
 from raystream.storage.segment import LogSegment
@@ -82,6 +82,34 @@ def read_batches(segments: LogSegments, where: ReadRange, verify: bool = False) 
                 return out
             out.append(batch)
             total += size
+    return out
+
+
+def read_raw(segments: LogSegments, where: ReadRange) -> list[RawBatches]:
+    """The batches :func:`read_batches` returns, as one slice of each segment's file they lie in (the
+    messages are consecutive there). ``max_bytes`` counts message bytes; at least one batch when any."""
+    where.check()
+    out: list[RawBatches] = []
+    total = 0
+    for segment in segments.from_offset(where.start_offset):
+        first: pa.Buffer | None = None
+        length = 0
+        full = False
+        for _, frame, header, rest in segment.frames_from(where.start_offset):
+            if where.max_offset is not None and header.base_offset >= where.max_offset:
+                full = True
+                break
+            if (out or first is not None) and total + frame.total_length > where.max_bytes:
+                full = True
+                break
+            if first is None:
+                first = rest  # the file from this message to its end
+            length += frame.total_length
+            total += frame.total_length
+        if first is not None:
+            out.append(RawBatches(segment.schema, first.slice(0, length)))
+        if full:
+            break
     return out
 
 

@@ -147,39 +147,45 @@ class LogSegment:
     def fits(self, header: BatchHeader) -> bool:
         return header.last_offset - self.base_offset <= MAX_RELATIVE_OFFSET
 
-    def roll_reason(self, batch: StoredBatch, size: int, segment_bytes: int, segment_ms: int) -> str | None:
-        """Why appending ``batch`` (``size`` bytes encoded) must start a new segment, None if it may go here
-        (Kafka's ``LogSegment.shouldRoll``)."""
-        if not self.schema.equals(batch.data.schema):
+    def roll_reason(self, header: BatchHeader, schema: pa.Schema, size: int, segment_bytes: int,
+                    segment_ms: int) -> str | None:
+        """Why appending the batch of ``header`` and ``schema`` (``size`` bytes encoded) must start a new
+        segment, None if it may go here (Kafka's ``LogSegment.shouldRoll``)."""
+        if not self.schema.equals(schema):
             return "schema change"
         if self.is_empty:
             return None
         if self.size + size > segment_bytes:
             return "segment.bytes"
         if (self.rolling_timestamp is not None
-                and batch.header.max_timestamp - self.rolling_timestamp >= segment_ms):
+                and header.max_timestamp - self.rolling_timestamp >= segment_ms):
             # As Kafka: time is measured in record timestamps, so replaying old data rolls as it did then.
             return "segment.ms"
-        if not self.fits(batch.header):
+        if not self.fits(header):
             return "relative offset overflow"
         return None
 
     def append(self, batch: StoredBatch, encoded: tuple[list, Frame] | None = None) -> int:
         """Write one stored batch at the end (``encoded``: its message, if the caller already encoded it
         to size it); returns the bytes written."""
-        assert self._fd is not None, "append to a closed segment"
-        assert batch.header.base_offset >= self.next_offset, (batch.header.base_offset, self.next_offset)
         if encoded is None:
             if self._encoder is None:
                 self._encoder = BatchEncoder(self.schema)
             encoded = self._encoder.encode(batch)
+        return self.append_encoded(batch.header, encoded)
+
+    def append_encoded(self, header: BatchHeader, encoded: tuple[list, Frame]) -> int:
+        """Write one batch's complete message, given as parts (bytes or buffers) and its frame, at the end;
+        returns the bytes written."""
+        assert self._fd is not None, "append to a closed segment"
+        assert header.base_offset >= self.next_offset, (header.base_offset, self.next_offset)
         parts, frame = encoded
         written = os.pwritev(self._fd, parts, self.size)
         expected = sum(len(p) if isinstance(p, bytes) else p.size for p in parts)
         if written != expected:  # a short write leaves a torn tail; recovery will cut it
             raise OSError(f"short write to {self.path.name}: {written} of {expected} bytes")
-        self._note_batch(self.size, batch.header)
-        self._frames[self.size] = (frame, batch.header)
+        self._note_batch(self.size, header)
+        self._frames[self.size] = (frame, header)
         self.size += written
         self._bytes_since_index_entry += written
         return written

@@ -36,6 +36,7 @@ from raystream.config import TopicConfig
 from raystream.errors import InvalidRecordError, OffsetOutOfRangeError
 from raystream.record import OFFSET_COLUMN, RECORD_SCHEMA, TIMESTAMP_COLUMN
 from raystream.storage import cleaner
+from raystream.storage.batch import decode, raw_batches
 from raystream.storage.log import Log
 from raystream.storage.segment import DATA_SUFFIX
 
@@ -301,9 +302,8 @@ class LogMachine(RuleBasedStateMachine):
         if len(limited) < len(reference):  # stopped early: only because the next batch did not fit
             assert sum(sizes) + reference[len(limited)].get_total_buffer_size() > max_bytes
 
-    @rule(data=st.data())
-    def read_batches(self, data) -> None:
-        """The replication read: whole batches from the one holding ``start``, a prefix of all of them."""
+    def _replication_read(self, data) -> tuple[int, int | None, int, list]:
+        """A replication read's arguments drawn at random, and every batch it may return (in order)."""
         log, m = self.log, self.model
         start = data.draw(self._offsets(m.lso, m.leo), label="start")
         max_offset = data.draw(st.one_of(st.none(), self._offsets(max(0, start - 2), m.leo + 2)), label="max_offset")
@@ -311,6 +311,13 @@ class LogMachine(RuleBasedStateMachine):
         every = [b for b in log.read_batches(m.lso, BIG) if b.header.last_offset >= start]
         if max_offset is not None:
             every = [b for b in every if b.header.base_offset < max_offset]
+        return start, max_offset, max_bytes, every
+
+    @rule(data=st.data())
+    def read_batches(self, data) -> None:
+        """The replication read: whole batches from the one holding ``start``, a prefix of all of them."""
+        log = self.log
+        start, max_offset, max_bytes, every = self._replication_read(data)
         got = log.read_batches(start, max_bytes, max_offset, verify=True)
         assert len(got) <= len(every)
         assert [b.header for b in got] == [b.header for b in every[:len(got)]]
@@ -322,6 +329,25 @@ class LogMachine(RuleBasedStateMachine):
             assert sum(sizes) <= max_bytes, (sizes, max_bytes)
         if len(got) < len(every):
             assert sum(sizes) + every[len(got)].data.get_total_buffer_size() > max_bytes
+
+    @rule(data=st.data())
+    def read_raw(self, data) -> None:
+        """The replication read as bytes: the same batches as ``read_batches`` (checked, decodable to the same
+        headers and rows), appended verbatim by a follower they come out the same again."""
+        log = self.log
+        start, max_offset, max_bytes, every = self._replication_read(data)
+        raws = [r for group in log.read_raw(start, max_bytes, max_offset) for r in raw_batches(group)]
+        assert [r.header for r in raws] == [b.header for b in every[:len(raws)]]
+        assert all(decode(r.message, r.schema, r.frame, verify=True).data.equals(b.data)
+                   for r, b in zip(raws, every, strict=False))
+        sizes = [r.frame.total_length for r in raws]
+        if every:
+            assert raws, "read_raw returned nothing though batches exist"
+        if len(raws) > 1:
+            assert sum(sizes) <= max_bytes, (sizes, max_bytes)
+        if len(raws) < len(every):  # stopped early: only because the next message did not fit
+            whole = [r for group in log.read_raw(start, BIG, max_offset) for r in raw_batches(group)]
+            assert sum(sizes) + whole[len(raws)].frame.total_length > max_bytes
 
     @rule(data=st.data())
     def read_out_of_range(self, data) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import random
 
@@ -14,6 +13,7 @@ import raystream.storage.segment as segment_module
 from raystream.clock import now_ms
 from raystream.errors import (
     ClosedError,
+    CorruptRecordError,
     InvalidLogDirectoryError,
     InvalidRecordError,
     KafkaStorageError,
@@ -23,7 +23,7 @@ from raystream.errors import (
     SchemaMismatchError,
 )
 from raystream.record import ATTR_LOG_APPEND_TIME, ATTR_TRANSACTIONAL
-from raystream.storage.batch import StoredBatch
+from raystream.storage.batch import RawBatches, raw_batches
 from raystream.storage.files import write_state
 from raystream.storage.segment import LogSegment
 
@@ -379,28 +379,68 @@ def test_explicit_flush_advances_the_recovery_point(make_log):
 
 
 # -- replication --------------------------------------------------------------------------------------------
-def test_append_as_follower_keeps_offsets_and_headers(make_log, tmp_path):
+def _replicate(leader, follower, start: int = 0) -> int:
+    """What a follower's ``replicate`` does with the leader's ``read_raw``: check, then append verbatim."""
+    for group in leader.read_raw(start, BIG):
+        for raw in raw_batches(group):
+            follower.append_raw_as_follower(raw, now=99)
+    return follower.log_end_offset
+
+
+def test_append_raw_as_follower_writes_the_leaders_bytes_with_offsets_and_headers(make_log, tmp_path):
     leader = make_log()
     leader.append(records(2), leader_epoch=1, producer_id=7, producer_epoch=2, base_sequence=0,
                   attributes=ATTR_TRANSACTIONAL, schema_id=3, now=10)
     leader.append(records(3, start=2, timestamps=[5, 6, 7]), leader_epoch=2, now=20)
-    batches = leader.read_batches(0, BIG)
     follower = make_log(path=tmp_path / "follower")
-    assert follower.append_as_follower(batches, now=99) == 5
-    assert [b.header for b in follower.read_batches(0, BIG)] == [b.header for b in batches]
+    assert _replicate(leader, follower) == 5
+    assert [b.header for b in follower.read_batches(0, BIG)] == [b.header for b in leader.read_batches(0, BIG)]
     assert rows(follower) == rows(leader)
     assert follower.epoch_cache.entries == [(1, 0), (2, 2)]
+    leader.flush(now=30)
+    follower.flush(now=30)
+    assert follower.active_segment.path.read_bytes() == leader.active_segment.path.read_bytes()  # verbatim
     # A gap (the leader compacted or deleted records) keeps the leader's offsets.
-    gap = leader.read_batches(2, BIG)[0]
-    shifted = StoredBatch(dataclasses.replace(gap.header, base_offset=10),
-                          gap.data.set_column(0, "_offset", pa.array([10, 11, 12], pa.int64())))
-    assert follower.append_as_follower([shifted], now=now_ms()) == 13
+    gapped = make_log(path=tmp_path / "gapped")
+    gapped.truncate_fully_and_start_at(10)
+    gapped.append(records(3, start=10), now=40)
+    assert _replicate(gapped, follower, start=10) == 13
     assert offsets_of(follower.read(0, BIG)) == [0, 1, 2, 3, 4, 10, 11, 12]
+    first = next(raw_batches(leader.read_raw(0, BIG)[0]))
     with pytest.raises(InvalidRecordError):
-        follower.append_as_follower([batches[0]], now=now_ms())
+        follower.append_raw_as_follower(first, now=now_ms())
     with pytest.raises(TypeError):
-        follower.append_as_follower([records(1)], now=now_ms())
+        follower.append_raw_as_follower(leader.read_batches(0, BIG)[0], now=now_ms())
     assert follower.log_end_offset == 13
+
+
+def test_read_raw_slices_each_segment_within_max_bytes_and_max_offset(make_log):
+    log = make_log()
+    for n in (2, 3):
+        log.append(records(n), now=10)
+    log.roll()
+    log.append(records(4), now=10)
+    groups = log.read_raw(0, BIG)
+    assert [[r.header.base_offset for r in raw_batches(g)] for g in groups] == [[0, 2], [5]]
+    assert [[r.header.base_offset for r in raw_batches(g)] for g in log.read_raw(3, BIG, max_offset=5)] == [[2]]
+    one = log.read_raw(0, 1)  # at least one batch, whatever max_bytes says
+    assert [[r.header.base_offset for r in raw_batches(g)] for g in one] == [[0]]
+    assert log.read_raw(9, BIG) == []
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate"])
+def test_raw_batches_refuse_altered_or_torn_bytes(make_log, tmp_path, damage):
+    leader = make_log()
+    leader.append(records(3), now=10)
+    (group,) = leader.read_raw(0, BIG)
+    data = bytearray(group.data.to_pybytes())
+    if damage == "flip":
+        data[-20] ^= 0x01  # in the body: only the checksum can tell
+    else:
+        del data[-16:]
+    bad = RawBatches(group.schema, pa.py_buffer(bytes(data)))
+    with pytest.raises(CorruptRecordError):
+        list(raw_batches(bad))
 
 
 def test_leader_epoch_cache_follows_appends_and_truncation(make_log, log_dir):
@@ -731,13 +771,14 @@ def test_two_owners_at_once(full_log, log_dir, make_log):
 
 
 @pytest.mark.parametrize("call", [
-    lambda log: log.append(records(1), now=now_ms()), lambda log: log.append_as_follower([], now=now_ms()),
-    lambda log: log.read(0, BIG), lambda log: log.read_batches(0, BIG), lambda log: log.flush(now=now_ms()),
+    lambda log: log.append(records(1), now=now_ms()), lambda log: log.append_raw_as_follower(None, now=now_ms()),
+    lambda log: log.read(0, BIG), lambda log: log.read_batches(0, BIG), lambda log: log.read_raw(0, BIG),
+    lambda log: log.flush(now=now_ms()),
     lambda log: log.roll(), lambda log: log.change_schema(pa.schema([("a", pa.int64())])),
     lambda log: log.truncate_to(1), lambda log: log.truncate_fully_and_start_at(0),
     lambda log: log.delete_records_before(1), lambda log: log.apply_retention(now=0),
     lambda log: log.offset_for_timestamp(0),
-], ids=["append", "append_as_follower", "read", "read_batches", "flush", "roll", "change_schema",
+], ids=["append", "append_raw_as_follower", "read", "read_batches", "read_raw", "flush", "roll", "change_schema",
         "truncate_to", "truncate_fully", "delete_records_before", "apply_retention", "offset_for_timestamp"])
 def test_operations_after_close_are_closed_errors(full_log, log_dir, make_log, call):
     expected = rows(full_log)
