@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
+import pyarrow as pa
 import pytest
 import ray
 from fault_cluster import multi_node_ray
 
 import raystream as rs
+from raystream.core.names import partition_dir_name
 from raystream.protocol import ACTOR_NAMESPACE, controller_actor_name, replica_actor_name
 
 pytestmark = pytest.mark.fault
@@ -67,6 +70,38 @@ def test_rf3_replicas_on_distinct_nodes_and_acks_all_round_trip(three_nodes):
             actor = ray.get_actor(replica_actor_name(CLUSTER, "rf3", part.partition, broker),
                                   namespace=ACTOR_NAMESPACE)
             assert ray.get(actor.describe.remote()).log_end_offset == 100
+
+
+def test_followers_hold_the_leaders_bytes_across_a_schema_change(three_nodes, wait_for):
+    # Followers write the leader's segment bytes as they are: every replica ends with the same segment
+    # files, byte for byte, the schema change starting a new segment on each at the same offset.
+    handle, _ = three_nodes
+    v1 = pa.schema([("id", pa.int32()), ("name", pa.string())])
+    v2 = pa.schema([("id", pa.int64()), ("name", pa.string()), ("score", pa.float64())])
+    admin = rs.Admin()
+    admin.create_topic("verbatim", partitions=1, replication_factor=3, schema=v1,
+                       config={"min.insync.replicas": 3})
+    with rs.Producer(acks="all") as producer:
+        for i in range(3):
+            producer.send_batch("verbatim", pa.table({"id": pa.array([i], pa.int32()), "name": [f"n{i}"]})).result(
+                timeout=30)
+    admin.alter_topic_schema("verbatim", v2)
+    with rs.Producer(acks="all") as producer:
+        producer.send_batch("verbatim", pa.table({"id": [3], "name": ["n3"], "score": [0.5]}, schema=v2)).result(
+            timeout=30)
+    state = ray.get(handle.controller.get_partition_state.remote("verbatim", 0))
+    replicas = [ray.get_actor(replica_actor_name(CLUSTER, "verbatim", 0, b), namespace=ACTOR_NAMESPACE)
+                for b in state.replicas]
+    wait_for(lambda: [ray.get(r.describe.remote()).log_end_offset for r in replicas] == [4, 4, 4],
+             message="every replica at the log end")
+    files = {b: [(f.name, f.read_bytes()) for f in sorted(
+        (Path(handle.brokers()[b].log_dir) / partition_dir_name("verbatim", 0)).glob("*.arrows"))]
+        for b in state.replicas}
+    leader_files = files[state.leader]
+    assert len(leader_files) >= 2, "the schema change starts a new segment"
+    assert all(f == leader_files for f in files.values())
+    rows = consume("verbatim", 0, 4)
+    assert [r.offset for r in rows] == [0, 1, 2, 3]
 
 
 def test_stopped_follower_leaves_isr_and_rejoins_after_catching_up(three_nodes, wait_for):
