@@ -19,6 +19,7 @@ import click
 
 from raystream import __version__, cluster_config
 from raystream.cli_cluster import start, status, stop
+from raystream.cli_gateway import gateway
 from raystream.cli_groups import groups
 from raystream.cli_perf import perf_test
 from raystream.cli_topics import configs, consume, produce, topics
@@ -98,6 +99,7 @@ main.add_command(perf_test)
 main.add_command(start)
 main.add_command(status)
 main.add_command(stop)
+main.add_command(gateway)
 
 
 @main.command("dump-log")

@@ -178,6 +178,15 @@ class InconsistentGroupProtocolError(RaystreamError):
 
 
 # -- handles and storage ---------------------------------------------------------------------------------
+class InvalidRequestError(RaystreamError):
+    """A Kafka-protocol request the gateway cannot read (Kafka's INVALID_REQUEST): a malformed, truncated or
+    oversized frame, or an unknown API key. The gateway closes the connection, as Kafka's broker does."""
+
+
+class UnsupportedVersionError(RaystreamError):
+    """A Kafka-protocol API version the gateway does not serve (Kafka's UNSUPPORTED_VERSION)."""
+
+
 class ClosedError(RaystreamError):
     """The handle (producer, consumer, admin, log) was closed."""
 

@@ -1,0 +1,203 @@
+"""Produce, Fetch and ListOffsets: Kafka's data path, translated into calls on the partition leaders.
+
+Produce: each partition's Kafka batches are decoded (:mod:`~raystream.gateway.records`) and appended as
+one raystream produce per batch, in order, with the request's acks and timeout; the answer carries the
+first batch's base offset, as Kafka's does. acks=0 gets no response, as in Kafka. Fetch: each partition is
+read from its leader (a long-poll of ``max_wait`` when nothing is there yet), and each stored batch goes
+back as one Kafka batch; ``max_bytes``/``partition_max_bytes`` bound the data as Kafka's do (at least one
+batch per partition). ListOffsets: earliest (-2), latest (-1) or by timestamp.
+
+Not yet mapped (answered with an error code rather than a wrong result): idempotent and transactional
+produce (the producer id, epoch and sequence fields of a batch are not carried: a batch with a producer id
+is refused with INVALID_RECORD for now), read_committed fetches return what read_uncommitted returns
+without the aborted-transaction list, and Arrow-native (schema) topics are refused with INVALID_RECORD.
+
+Concurrency: coroutines on the gateway's event loop; metadata lookups run in threads, produce and fetch
+are awaited futures of the client transport.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import Any
+
+import pyarrow as pa
+from kio.schema.errors import ErrorCode
+
+from raystream.errors import (
+    CorruptRecordError,
+    InvalidRecordError,
+    LeaderNotAvailableError,
+    NotEnoughReplicasError,
+    NotLeaderError,
+    OffsetOutOfRangeError,
+    RaystreamError,
+    RecordTooLargeError,
+    RequestTimeoutError,
+    SchemaMismatchError,
+    UnknownTopicOrPartitionError,
+)
+from raystream.gateway.framing import Request
+from raystream.gateway.records import UnsupportedCompressionError, decode_batches, encode_batch
+from raystream.protocol import TopicMetadata, TopicPartition
+
+_ERROR_CODES: list[tuple[type[BaseException], ErrorCode]] = [
+    (UnsupportedCompressionError, ErrorCode.unsupported_compression_type),
+    (CorruptRecordError, ErrorCode.corrupt_message),
+    (SchemaMismatchError, ErrorCode.invalid_record),
+    (InvalidRecordError, ErrorCode.invalid_record),
+    (RecordTooLargeError, ErrorCode.message_too_large),
+    (UnknownTopicOrPartitionError, ErrorCode.unknown_topic_or_partition),
+    (NotLeaderError, ErrorCode.not_leader_or_follower),
+    (LeaderNotAvailableError, ErrorCode.leader_not_available),
+    (NotEnoughReplicasError, ErrorCode.not_enough_replicas),
+    (OffsetOutOfRangeError, ErrorCode.offset_out_of_range),
+    (RequestTimeoutError, ErrorCode.request_timed_out),
+    (TimeoutError, ErrorCode.request_timed_out),
+    (asyncio.TimeoutError, ErrorCode.request_timed_out),  # a distinct class before Python 3.11
+]
+
+
+def error_code(exc: BaseException) -> ErrorCode:
+    """Kafka's error code for an exception (UNKNOWN_SERVER_ERROR for anything unmapped)."""
+    for cls, code in _ERROR_CODES:
+        if isinstance(exc, cls):
+            return code
+    return ErrorCode.unknown_server_error
+
+
+async def _leader(ctx: Any, topic: str, partition: int) -> tuple[TopicMetadata, int, int]:
+    """(metadata, leader broker, leader epoch) of a partition, refreshing a stale cache once."""
+    for attempt in range(2):
+        meta = await asyncio.to_thread(ctx.metadata.get, topic)
+        if not 0 <= partition < len(meta.partitions):
+            raise UnknownTopicOrPartitionError(f"unknown partition {topic}-{partition}", topic=topic)
+        state = meta.partitions[partition]
+        if state.leader >= 0:
+            return meta, state.leader, state.leader_epoch
+        if attempt == 0:
+            await asyncio.to_thread(ctx.metadata.refresh, [topic])
+    raise LeaderNotAvailableError(f"{topic}-{partition} has no leader")
+
+
+def _forget_on_stale(ctx: Any, topic: str, exc: BaseException) -> None:
+    if isinstance(exc, RaystreamError) and exc.invalid_metadata:
+        ctx.metadata.request_update(topic)
+        try:
+            ctx.metadata.refresh([topic])
+        except RaystreamError:
+            pass
+
+
+async def produce(request: Request, ctx: Any) -> Mapping[str, Any] | None:
+    body = request.body
+    acks, timeout_ms = int(body.acks), int(body.timeout.total_seconds() * 1000)
+    if acks not in (-1, 0, 1):
+        answer = [{"name": t.name, "partition_responses": [
+            {"index": p.index, "error_code": ErrorCode.invalid_required_acks, "base_offset": -1}
+            for p in t.partition_data]} for t in body.topic_data]
+        return {"responses": answer, "throttle_time": 0}
+    tasks = [[asyncio.ensure_future(_produce_partition(ctx, t.name, p.index, p.records, acks, timeout_ms))
+              for p in t.partition_data] for t in body.topic_data]
+    responses = []
+    for topic, partition_tasks in zip(body.topic_data, tasks, strict=True):
+        results = await asyncio.gather(*partition_tasks)
+        responses.append({"name": topic.name, "partition_responses": results})
+    return None if acks == 0 else {"responses": responses, "throttle_time": 0}
+
+
+async def _produce_partition(ctx: Any, topic: str, partition: int, records: bytes | None, acks: int,
+                             timeout_ms: int) -> Mapping[str, Any]:
+    out: dict[str, Any] = {"index": partition, "error_code": ErrorCode.none, "base_offset": -1,
+                           "log_append_time": -1, "log_start_offset": -1, "record_errors": [],
+                           "error_message": None}
+    try:
+        meta, leader, epoch = await _leader(ctx, topic, partition)
+        if meta.schema_bytes is not None:
+            raise InvalidRecordError(f"topic {topic!r} is Arrow-native (has a schema): the gateway maps no "
+                                     f"Kafka records to it yet")
+        batches = decode_batches(records or b"")
+        for batch in batches:
+            if batch.producer_id >= 0:
+                raise InvalidRecordError("idempotent and transactional Kafka producers are not supported by "
+                                         "the gateway yet (set enable.idempotence=false)")
+        if batches:
+            # One append for the partition's whole request: it lands entirely or not at all, as in Kafka.
+            data = (batches[0].records if len(batches) == 1 else
+                    pa.Table.from_batches([b.records for b in batches]).combine_chunks().to_batches()[0])
+            result = await asyncio.wrap_future(ctx.transport.produce(
+                TopicPartition(topic, partition), leader, data, acks, timeout_ms, leader_epoch=epoch))
+            out.update(base_offset=result.base_offset, log_append_time=result.log_append_time,
+                       log_start_offset=result.log_start_offset)
+    except Exception as exc:  # one partition's failure is that partition's error code
+        _forget_on_stale(ctx, topic, exc)
+        out.update(error_code=error_code(exc), error_message=str(exc)[:500])
+    return out
+
+
+async def fetch(request: Request, ctx: Any) -> Mapping[str, Any]:
+    body = request.body
+    max_wait_ms = int(body.max_wait.total_seconds() * 1000)
+    budget = [int(getattr(body, "max_bytes", 2_147_483_647))]
+    responses = []
+    for topic in body.topics:
+        partitions = await asyncio.gather(*[
+            _fetch_partition(ctx, topic.topic, p.partition, p.fetch_offset,
+                             min(int(p.partition_max_bytes), budget[0]), max_wait_ms, int(body.min_bytes))
+            for p in topic.partitions])
+        for p in partitions:
+            budget[0] = max(1, budget[0] - len(p["records"] or b""))
+        responses.append({"topic": topic.topic, "partitions": partitions})
+    return {"throttle_time": 0, "error_code": ErrorCode.none, "session_id": 0, "responses": responses}
+
+
+async def _fetch_partition(ctx: Any, topic: str, partition: int, offset: int, max_bytes: int, max_wait_ms: int,
+                           min_bytes: int) -> Mapping[str, Any]:
+    out: dict[str, Any] = {"partition_index": partition, "error_code": ErrorCode.none, "high_watermark": -1,
+                           "last_stable_offset": -1, "log_start_offset": -1, "aborted_transactions": None,
+                           "records": b""}
+    try:
+        meta, leader, epoch = await _leader(ctx, topic, partition)
+        if meta.schema_bytes is not None:
+            raise InvalidRecordError(f"topic {topic!r} is Arrow-native (has a schema): the gateway maps no "
+                                     f"Kafka records to it yet")
+        result = await asyncio.wrap_future(ctx.transport.fetch(
+            TopicPartition(topic, partition), leader, offset, max(1, max_bytes), max_wait_ms, max(1, min_bytes),
+            leader_epoch=epoch))
+        data = bytearray()
+        for batch in result.batches:
+            if batch.num_rows:
+                data += encode_batch(batch, epoch)
+        out.update(high_watermark=result.high_watermark, last_stable_offset=result.high_watermark,
+                   log_start_offset=result.log_start_offset, records=bytes(data))
+    except Exception as exc:  # one partition's failure is that partition's error code
+        _forget_on_stale(ctx, topic, exc)
+        out.update(error_code=error_code(exc))
+    return out
+
+
+async def list_offsets(request: Request, ctx: Any) -> Mapping[str, Any]:
+    topics = []
+    read_committed = int(getattr(request.body, "isolation_level", 0)) == 1
+    for topic in request.body.topics:
+        partitions = await asyncio.gather(*[
+            _list_offset(ctx, topic.name, p.partition_index, int(p.timestamp), read_committed)
+            for p in topic.partitions])
+        topics.append({"name": topic.name, "partitions": partitions})
+    return {"throttle_time": 0, "topics": topics}
+
+
+async def _list_offset(ctx: Any, topic: str, partition: int, timestamp: int,
+                       read_committed: bool) -> Mapping[str, Any]:
+    out: dict[str, Any] = {"partition_index": partition, "error_code": ErrorCode.none, "timestamp": -1,
+                           "offset": -1, "leader_epoch": -1, "old_style_offsets": []}
+    try:
+        _, leader, epoch = await _leader(ctx, topic, partition)
+        offset = await asyncio.wrap_future(ctx.transport.list_offset(
+            TopicPartition(topic, partition), leader, timestamp, read_committed=read_committed))
+        out.update(offset=offset, leader_epoch=epoch)
+    except Exception as exc:  # one partition's failure is that partition's error code
+        _forget_on_stale(ctx, topic, exc)
+        out.update(error_code=error_code(exc))
+    return out

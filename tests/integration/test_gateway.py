@@ -1,0 +1,61 @@
+"""The Kafka gateway in front of a real raystream cluster: kafka-python writes what raystream's Consumer
+reads, raystream's Producer writes what kafka-python reads; Arrow-native topics are refused cleanly."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pytest
+from gateway_runner import RunningGateway
+from kafka import KafkaConsumer, KafkaProducer
+from kafka import TopicPartition as KafkaTopicPartition
+
+import raystream as rs
+from raystream.client import context
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def gateway(cluster):
+    running = RunningGateway(context.get_current())
+    yield running
+    running.close()
+
+
+def test_kafka_python_and_raystream_clients_read_each_others_records(gateway, topic_name, wait_for):
+    rs.Admin().create_topic(topic_name, partitions=2, replication_factor=1)
+    producer = KafkaProducer(bootstrap_servers=gateway.bootstrap, acks="all", enable_idempotence=False,
+                             compression_type="gzip", linger_ms=5)
+    futures = [producer.send(topic_name, key=b"k%d" % i, value=b"kafka-%d" % i, headers=[("h", b"%d" % i)],
+                             partition=i % 2, timestamp_ms=1_700_000_000_000 + i) for i in range(100)]
+    producer.flush(30)
+    assert sorted((f.get(10).partition, f.get(10).offset) for f in futures) == sorted(
+        (p, o) for p in range(2) for o in range(50))
+    producer.close()
+    with rs.Consumer(auto_offset_reset="earliest") as consumer:
+        consumer.assign([rs.TopicPartition(topic_name, p) for p in range(2)])
+        got = []
+        wait_for(lambda: got.extend(consumer.poll(timeout=0.5)) or len(got) >= 100, timeout_s=30,
+                 message="raystream's consumer reads kafka-python's records")
+    assert sorted((r.key, r.value, r.timestamp) for r in got) == sorted(
+        (b"k%d" % i, b"kafka-%d" % i, 1_700_000_000_000 + i) for i in range(100))
+    assert list({r.key: r.headers for r in got}[b"k7"]) == [("h", b"7")]
+
+    with rs.Producer(acks="all") as ours:
+        ours.send_batch(topic_name, pa.table({"value": [b"arrow-%d" % i for i in range(20)]}), partition=1).result(30)
+    tp = KafkaTopicPartition(topic_name, 1)
+    consumer = KafkaConsumer(bootstrap_servers=gateway.bootstrap, auto_offset_reset="earliest",
+                             enable_auto_commit=False, consumer_timeout_ms=5000)
+    consumer.assign([tp])
+    consumer.seek(tp, 50)
+    values = [m.value for m in consumer]
+    consumer.close()
+    assert values == [b"arrow-%d" % i for i in range(20)]
+
+
+def test_an_arrow_native_topic_refuses_kafka_records(gateway, topic_name):
+    rs.Admin().create_topic(topic_name, partitions=1, schema=pa.schema([("id", pa.int64())]))
+    producer = KafkaProducer(bootstrap_servers=gateway.bootstrap, acks=1, enable_idempotence=False, retries=0)
+    with pytest.raises(Exception, match="(?i)invalid.?record"):
+        producer.send(topic_name, value=b"{}", partition=0).get(10)
+    producer.close()
