@@ -125,3 +125,35 @@ def test_start_topics_produce_consume_groups_status_stop(ray_head, tmp_path):
                               env={**_env(), "RAY_AUTH_TOKEN": secrets.token_hex(32)})
     assert no_token.returncode != 0 and "Traceback" not in no_token.stderr  # token auth is on
     ok(cli(ray_head, data, "stop"))
+
+
+def test_gateway_command_serves_kafka_clients(ray_head, tmp_path, wait_for):
+    from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+    data = tmp_path / "data"
+    ok(cli(ray_head, data, "start"))
+    ok(cli(ray_head, data, "topics", "create", "kafka-in", "--partitions", "1"))
+    port = _free_port()
+    gateway = subprocess.Popen([str(BIN / "raystream"), "--address", ray_head, "--cluster", "sub", "gateway",
+                                "--listen", f"127.0.0.1:{port}"], env=_env(), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        def listening() -> bool:
+            assert gateway.poll() is None, gateway.stderr.read()
+            with socket.socket() as s:
+                return s.connect_ex(("127.0.0.1", port)) == 0
+        wait_for(listening, timeout_s=60, message="the gateway to listen")
+        producer = KafkaProducer(bootstrap_servers=f"127.0.0.1:{port}", acks="all", enable_idempotence=False)
+        assert [producer.send("kafka-in", value=b"m%d" % i).get(30).offset for i in range(3)] == [0, 1, 2]
+        producer.close()
+        consumed = ok(cli(ray_head, data, "consume", "kafka-in", "--from-beginning", "--max-messages", "3"))
+        assert [line for line in consumed.stdout.splitlines() if line.startswith("m")] == ["m0", "m1", "m2"]
+        consumer = KafkaConsumer(bootstrap_servers=f"127.0.0.1:{port}", auto_offset_reset="earliest",
+                                 consumer_timeout_ms=5000, enable_auto_commit=False)
+        consumer.assign([TopicPartition("kafka-in", 0)])
+        assert [m.value for m in consumer] == [b"m0", b"m1", b"m2"]
+        consumer.close()
+    finally:
+        os.killpg(gateway.pid, signal.SIGTERM)
+        gateway.wait(timeout=30)
+        ok(cli(ray_head, data, "stop"))
