@@ -7,10 +7,13 @@ read from its leader (a long-poll of ``max_wait`` when nothing is there yet), an
 back as one Kafka batch; ``max_bytes``/``partition_max_bytes`` bound the data as Kafka's do (at least one
 batch per partition). ListOffsets: earliest (-2), latest (-1) or by timestamp.
 
-Not yet mapped (answered with an error code rather than a wrong result): idempotent and transactional
-produce (the producer id, epoch and sequence fields of a batch are not carried: a batch with a producer id
-is refused with INVALID_RECORD for now), read_committed fetches return what read_uncommitted returns
-without the aborted-transaction list, and Arrow-native (schema) topics are refused with INVALID_RECORD.
+Idempotent producers: InitProducerId hands out a raystream producer id, and a batch's producer id,
+epoch and base sequence go to the leader with the append, which deduplicates retries and refuses
+out-of-order sequences as raystream's own idempotent producers get.
+
+Not yet mapped (answered with an error code rather than a wrong result): transactional produce (refused
+with INVALID_RECORD), read_committed fetches return what read_uncommitted returns without the
+aborted-transaction list, and Arrow-native (schema) topics are refused with INVALID_RECORD.
 
 Concurrency: coroutines on the gateway's event loop; metadata lookups run in threads, produce and fetch
 are awaited futures of the client transport.
@@ -26,20 +29,33 @@ import pyarrow as pa
 from kio.schema.errors import ErrorCode
 
 from raystream.errors import (
+    CommitFailedError,
     CorruptRecordError,
+    DuplicateSequenceError,
+    IllegalGenerationError,
+    InvalidConfigurationError,
+    InvalidPartitionsError,
+    InvalidProducerEpochError,
     InvalidRecordError,
+    InvalidReplicationFactorError,
+    InvalidTopicError,
     LeaderNotAvailableError,
     NotEnoughReplicasError,
     NotLeaderError,
     OffsetOutOfRangeError,
+    OutOfOrderSequenceError,
+    ProducerFencedError,
     RaystreamError,
+    RebalanceInProgressError,
     RecordTooLargeError,
     RequestTimeoutError,
     SchemaMismatchError,
+    TopicAlreadyExistsError,
+    UnknownMemberIdError,
     UnknownTopicOrPartitionError,
 )
 from raystream.gateway.framing import Request
-from raystream.gateway.records import UnsupportedCompressionError, decode_batches, encode_batch
+from raystream.gateway.records import TRANSACTIONAL, UnsupportedCompressionError, decode_batches, encode_batch
 from raystream.protocol import TopicMetadata, TopicPartition
 
 _ERROR_CODES: list[tuple[type[BaseException], ErrorCode]] = [
@@ -53,6 +69,20 @@ _ERROR_CODES: list[tuple[type[BaseException], ErrorCode]] = [
     (LeaderNotAvailableError, ErrorCode.leader_not_available),
     (NotEnoughReplicasError, ErrorCode.not_enough_replicas),
     (OffsetOutOfRangeError, ErrorCode.offset_out_of_range),
+    (OutOfOrderSequenceError, ErrorCode.out_of_order_sequence_number),
+    (DuplicateSequenceError, ErrorCode.duplicate_sequence_number),
+    (InvalidProducerEpochError, ErrorCode.invalid_producer_epoch),
+    (ProducerFencedError, ErrorCode.producer_fenced),
+    (TopicAlreadyExistsError, ErrorCode.topic_already_exists),
+    (InvalidTopicError, ErrorCode.invalid_topic_exception),
+    (InvalidPartitionsError, ErrorCode.invalid_partitions),
+    (InvalidReplicationFactorError, ErrorCode.invalid_replication_factor),
+    (InvalidConfigurationError, ErrorCode.invalid_config),
+    (UnknownMemberIdError, ErrorCode.unknown_member_id),
+    (IllegalGenerationError, ErrorCode.illegal_generation),
+    (RebalanceInProgressError, ErrorCode.rebalance_in_progress),
+    (CommitFailedError, ErrorCode.illegal_generation),
+    (ValueError, ErrorCode.invalid_request),
     (RequestTimeoutError, ErrorCode.request_timed_out),
     (TimeoutError, ErrorCode.request_timed_out),
     (asyncio.TimeoutError, ErrorCode.request_timed_out),  # a distinct class before Python 3.11
@@ -118,16 +148,21 @@ async def _produce_partition(ctx: Any, topic: str, partition: int, records: byte
             raise InvalidRecordError(f"topic {topic!r} is Arrow-native (has a schema): the gateway maps no "
                                      f"Kafka records to it yet")
         batches = decode_batches(records or b"")
-        for batch in batches:
-            if batch.producer_id >= 0:
-                raise InvalidRecordError("idempotent and transactional Kafka producers are not supported by "
-                                         "the gateway yet (set enable.idempotence=false)")
+        if any(b.attributes & TRANSACTIONAL for b in batches):
+            raise InvalidRecordError("transactional Kafka producers are not served by the gateway yet")
         if batches:
-            # One append for the partition's whole request: it lands entirely or not at all, as in Kafka.
-            data = (batches[0].records if len(batches) == 1 else
+            first_batch = batches[0]
+            if any((b.producer_id, b.producer_epoch) != (first_batch.producer_id, first_batch.producer_epoch)
+                   for b in batches):
+                raise InvalidRecordError("one partition's batches in a request come from different producers")
+            # One append for the partition's whole request: it lands entirely or not at all, as in Kafka;
+            # an idempotent producer's batches carry consecutive sequences, so the first one's is the base.
+            data = (first_batch.records if len(batches) == 1 else
                     pa.Table.from_batches([b.records for b in batches]).combine_chunks().to_batches()[0])
             result = await asyncio.wrap_future(ctx.transport.produce(
-                TopicPartition(topic, partition), leader, data, acks, timeout_ms, leader_epoch=epoch))
+                TopicPartition(topic, partition), leader, data, acks, timeout_ms, leader_epoch=epoch,
+                producer_id=first_batch.producer_id, producer_epoch=first_batch.producer_epoch,
+                base_sequence=first_batch.base_sequence if first_batch.producer_id >= 0 else -1))
             out.update(base_offset=result.base_offset, log_append_time=result.log_append_time,
                        log_start_offset=result.log_start_offset)
     except Exception as exc:  # one partition's failure is that partition's error code
@@ -201,3 +236,16 @@ async def _list_offset(ctx: Any, topic: str, partition: int, timestamp: int,
         _forget_on_stale(ctx, topic, exc)
         out.update(error_code=error_code(exc))
     return out
+
+
+async def init_producer_id(request: Request, ctx: Any) -> Mapping[str, Any]:
+    """An idempotent producer's id and epoch (a transactional id is refused: transactions are not served)."""
+    if request.body.transactional_id is not None:
+        return {"throttle_time": 0, "error_code": ErrorCode.transactional_id_authorization_failed,
+                "producer_id": -1, "producer_epoch": -1}
+    try:
+        producer_id, producer_epoch = await asyncio.to_thread(ctx.transport.init_producer_id)
+    except Exception as exc:  # answered as Kafka's error code
+        return {"throttle_time": 0, "error_code": error_code(exc), "producer_id": -1, "producer_epoch": -1}
+    return {"throttle_time": 0, "error_code": ErrorCode.none, "producer_id": producer_id,
+            "producer_epoch": producer_epoch}

@@ -143,7 +143,7 @@ def test_gateway_command_serves_kafka_clients(ray_head, tmp_path, wait_for):
             with socket.socket() as s:
                 return s.connect_ex(("127.0.0.1", port)) == 0
         wait_for(listening, timeout_s=60, message="the gateway to listen")
-        producer = KafkaProducer(bootstrap_servers=f"127.0.0.1:{port}", acks="all", enable_idempotence=False)
+        producer = KafkaProducer(bootstrap_servers=f"127.0.0.1:{port}")  # kafka-python's defaults: idempotent
         assert [producer.send("kafka-in", value=b"m%d" % i).get(30).offset for i in range(3)] == [0, 1, 2]
         producer.close()
         consumed = ok(cli(ray_head, data, "consume", "kafka-in", "--from-beginning", "--max-messages", "3"))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 from gateway_runner import RunningGateway
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka import TopicPartition as KafkaTopicPartition
 
 import raystream as rs
@@ -24,8 +24,7 @@ def gateway(cluster):
 
 def test_kafka_python_and_raystream_clients_read_each_others_records(gateway, topic_name, wait_for):
     rs.Admin().create_topic(topic_name, partitions=2, replication_factor=1)
-    producer = KafkaProducer(bootstrap_servers=gateway.bootstrap, acks="all", enable_idempotence=False,
-                             compression_type="gzip", linger_ms=5)
+    producer = KafkaProducer(bootstrap_servers=gateway.bootstrap, compression_type="gzip", linger_ms=5)  # idempotent
     futures = [producer.send(topic_name, key=b"k%d" % i, value=b"kafka-%d" % i, headers=[("h", b"%d" % i)],
                              partition=i % 2, timestamp_ms=1_700_000_000_000 + i) for i in range(100)]
     producer.flush(30)
@@ -59,3 +58,45 @@ def test_an_arrow_native_topic_refuses_kafka_records(gateway, topic_name):
     with pytest.raises(Exception, match="(?i)invalid.?record"):
         producer.send(topic_name, value=b"{}", partition=0).get(10)
     producer.close()
+
+
+def test_group_offsets_committed_by_kafka_clients_are_raystreams(gateway, topic_name):
+    rs.Admin().create_topic(topic_name, partitions=1, replication_factor=1)
+    with rs.Producer(acks="all") as ours:
+        ours.send_batch(topic_name, pa.table({"value": [b"r%d" % i for i in range(10)]})).result(30)
+    tp = KafkaTopicPartition(topic_name, 0)
+    group = f"g-{topic_name}"
+    first = KafkaConsumer(bootstrap_servers=gateway.bootstrap, group_id=group, auto_offset_reset="earliest",
+                          enable_auto_commit=False, consumer_timeout_ms=5000, max_poll_records=4)
+    first.assign([tp])
+    records = first.poll(timeout_ms=10_000, max_records=4)[tp]
+    assert [m.value for m in records] == [b"r0", b"r1", b"r2", b"r3"]
+    first.commit()
+    first.close()
+    with rs.Consumer(group_id=group) as ours:  # raystream's consumer sees the Kafka client's commit
+        assert ours.committed([rs.TopicPartition(topic_name, 0)]) == {rs.TopicPartition(topic_name, 0): 4}
+    second = KafkaConsumer(bootstrap_servers=gateway.bootstrap, group_id=group, enable_auto_commit=False,
+                           consumer_timeout_ms=5000)
+    second.assign([tp])
+    assert second.committed(tp) == 4
+    assert [m.value for m in second] == [b"r%d" % i for i in range(4, 10)]  # resumes at the commit
+    second.close()
+    admin = KafkaAdminClient(bootstrap_servers=gateway.bootstrap)
+    assert group in [g[0] for g in admin.list_consumer_groups()]
+    admin.close()
+
+
+def test_topics_created_by_kafka_admin_are_raystream_topics(gateway, topic_name):
+    from kafka.admin import NewTopic
+    from kafka.errors import InvalidTopicError
+
+    admin = KafkaAdminClient(bootstrap_servers=gateway.bootstrap)
+    admin.create_topics([NewTopic(topic_name, num_partitions=3, replication_factor=1,
+                                  topic_configs={"retention.ms": "86400000"})])
+    described = rs.Admin().describe_topic(topic_name)
+    assert len(described.partitions) == 3 and int(described.config["retention.ms"]) == 86_400_000
+    with pytest.raises(InvalidTopicError):
+        admin.create_topics([NewTopic("../escape", num_partitions=1, replication_factor=1)])
+    admin.delete_topics([topic_name])
+    assert topic_name not in rs.Admin().list_topics()
+    admin.close()

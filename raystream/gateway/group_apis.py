@@ -1,0 +1,78 @@
+"""Consumer-group offsets over the Kafka protocol: FindCoordinator, OffsetCommit, OffsetFetch, ListGroups.
+
+The gateway is every group's coordinator (it is the cluster's only broker to Kafka clients) and forwards
+to raystream's group coordinator, so offsets committed by Kafka clients and by raystream's own consumers
+are the same offsets. Commits outside a generation (generation -1, member ""), which Kafka clients send for
+manually assigned partitions with a group id, are accepted while the group has no members, as Kafka
+does. Group membership (JoinGroup, SyncGroup, Heartbeat, LeaveGroup) is not served yet, so Kafka consumers
+use ``assign`` with a group id, not ``subscribe``.
+
+Concurrency: coroutines on the gateway's event loop; coordinator calls run in threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import Any
+
+from kio.schema.errors import ErrorCode
+
+from raystream.gateway.data_apis import error_code
+from raystream.gateway.framing import Request
+from raystream.protocol import TopicPartition
+
+GROUP_KEY_TYPE = 0  # FindCoordinator's key type for consumer groups (1: transactional ids)
+
+
+async def find_coordinator(request: Request, ctx: Any) -> Mapping[str, Any]:
+    if int(getattr(request.body, "key_type", GROUP_KEY_TYPE)) != GROUP_KEY_TYPE:
+        return {"throttle_time": 0, "error_code": ErrorCode.coordinator_not_available,
+                "error_message": "transactions are not served by the gateway yet", "node_id": -1,
+                "host": "", "port": -1}
+    return {"throttle_time": 0, "error_code": ErrorCode.none, "error_message": None, "node_id": ctx.node_id,
+            "host": ctx.host, "port": ctx.port}
+
+
+async def offset_commit(request: Request, ctx: Any) -> Mapping[str, Any]:
+    body = request.body
+    generation = int(getattr(body, "generation_id_or_member_epoch", getattr(body, "generation_id", -1)))
+    offsets = {TopicPartition(t.name, p.partition_index): (int(p.committed_offset), p.committed_metadata or "")
+               for t in body.topics for p in t.partitions}
+    code = ErrorCode.none
+    try:
+        await asyncio.to_thread(ctx.transport.group_call, "commit_offsets", body.group_id, body.member_id or "",
+                                generation, offsets)
+    except Exception as exc:  # every partition of the request gets the commit's error code
+        code = error_code(exc)
+    return {"throttle_time": 0, "topics": [
+        {"name": t.name, "partitions": [{"partition_index": p.partition_index, "error_code": code}
+                                        for p in t.partitions]} for t in body.topics]}
+
+
+async def offset_fetch(request: Request, ctx: Any) -> Mapping[str, Any]:
+    body = request.body
+    asked = None if body.topics is None else [TopicPartition(t.name, p) for t in body.topics
+                                               for p in t.partition_indexes]
+    try:
+        committed = await asyncio.to_thread(ctx.transport.group_call, "fetch_offsets", body.group_id, asked)
+    except Exception as exc:  # answered as the top-level error code
+        return {"throttle_time": 0, "topics": [], "error_code": error_code(exc)}
+    wanted = asked if asked is not None else sorted(committed)
+    by_topic: dict[str, list] = {}
+    for tp in wanted:
+        offset, metadata = committed.get(tp, (-1, ""))
+        by_topic.setdefault(tp.topic, []).append({
+            "partition_index": tp.partition, "committed_offset": offset, "committed_leader_epoch": -1,
+            "metadata": metadata, "error_code": ErrorCode.none})
+    return {"throttle_time": 0, "error_code": ErrorCode.none,
+            "topics": [{"name": name, "partitions": parts} for name, parts in by_topic.items()]}
+
+
+async def list_groups(request: Request, ctx: Any) -> Mapping[str, Any]:
+    try:
+        names = await asyncio.to_thread(ctx.transport.group_call, "list_groups")
+    except Exception as exc:  # answered as the error code
+        return {"throttle_time": 0, "error_code": error_code(exc), "groups": []}
+    return {"throttle_time": 0, "error_code": ErrorCode.none,
+            "groups": [{"group_id": name, "protocol_type": "consumer", "group_state": ""} for name in names]}
