@@ -82,7 +82,7 @@ def test_group_offsets_committed_by_kafka_clients_are_raystreams(gateway, topic_
     assert [m.value for m in second] == [b"r%d" % i for i in range(4, 10)]  # resumes at the commit
     second.close()
     admin = KafkaAdminClient(bootstrap_servers=gateway.bootstrap)
-    assert group in [g[0] for g in admin.list_consumer_groups()]
+    assert group in [g["group_id"] for g in admin.list_groups()]
     admin.close()
 
 
