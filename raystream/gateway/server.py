@@ -103,6 +103,8 @@ class Gateway:
             log.info("closing Kafka connection from %s: %s", peer, exc or type(exc).__name__)
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
+        except asyncio.CancelledError:  # the gateway is closing: end this connection quietly
+            pass
         except Exception:  # a handler's bug must not end the server: this connection closes, others go on
             log.exception("closing Kafka connection from %s after an unexpected error", peer)
         finally:
