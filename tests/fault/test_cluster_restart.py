@@ -17,7 +17,7 @@ def test_new_ray_cluster_on_same_data_dir_finds_everything(tmp_path):
         ray.shutdown()
     data_dir = str(tmp_path / "data")
     try:
-        ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
         first_node = ray.get_runtime_context().get_node_id()
         rs.init(data_dir=data_dir, cluster="restart")
         rs.Admin().create_topic("durable", partitions=2, config={"retention.ms": 86_400_000})
@@ -28,7 +28,7 @@ def test_new_ray_cluster_on_same_data_dir_finds_everything(tmp_path):
         rs.shutdown(stop_cluster=True)
         ray.shutdown()
 
-        ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
         assert ray.get_runtime_context().get_node_id() != first_node  # a different Ray cluster
         rs.init(data_dir=data_dir, cluster="restart")
         admin = rs.Admin()
