@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -159,7 +160,12 @@ def test_high_watermark_gates_consumers_while_isr_is_short(three_nodes, wait_for
 def test_controller_is_pinned_and_survives_restart(three_nodes, wait_for):
     controller = ray.get_actor(controller_actor_name(CLUSTER), namespace=ACTOR_NAMESPACE)
     topics = ray.get(controller.list_topics.remote())
+    old_pid = ray.get(controller.__ray_call__.remote(lambda _self: os.getpid()))
     ray.kill(controller, no_restart=False)
+    # ray.kill is asynchronous: the old process may still answer for a moment, so wait for the new one
+    # (else its death lands in the next test's calls, which Ray then retries on the restarted controller).
+    wait_for(lambda: ray.get(controller.__ray_call__.remote(lambda _self: os.getpid()), timeout=5) != old_pid,
+             timeout_s=60, message="the controller's new incarnation")
     wait_for(lambda: ray.get(controller.list_topics.remote(), timeout=5) == topics, timeout_s=60,
              message="controller restart")
 
