@@ -64,10 +64,13 @@ def api_versions_values(error: ErrorCode) -> Mapping[str, Any]:
 
 async def metadata(request: Request, ctx: GatewayContext) -> Mapping[str, Any]:
     wanted = request.body.topics
-    names = None if wanted is None else [t.name for t in wanted]
-    known = await asyncio.to_thread(ctx.transport.list_topics)
-    asked = known if names is None else names
-    found = await asyncio.to_thread(ctx.transport.get_metadata, [n for n in asked if n in known])
+    if wanted is None:  # every topic: one controller call
+        found = await asyncio.to_thread(ctx.transport.get_metadata, None)
+        asked = sorted(found)
+    else:  # named topics, unknown ones included (they get UNKNOWN_TOPIC_OR_PARTITION)
+        asked = [t.name for t in wanted]
+        known = set(await asyncio.to_thread(ctx.transport.list_topics))
+        found = await asyncio.to_thread(ctx.transport.get_metadata, [n for n in asked if n in known])
     topics = []
     for name in asked:
         meta = found.get(name)

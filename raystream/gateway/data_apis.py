@@ -100,7 +100,8 @@ def error_code(exc: BaseException) -> ErrorCode:
 async def _leader(ctx: Any, topic: str, partition: int) -> tuple[TopicMetadata, int, int]:
     """(metadata, leader broker, leader epoch) of a partition, refreshing a stale cache once."""
     for attempt in range(2):
-        meta = await asyncio.to_thread(ctx.metadata.get, topic)
+        # The cache answers without a thread hop on the data path; only a miss asks the controller.
+        meta = ctx.metadata.cached(topic) or await asyncio.to_thread(ctx.metadata.get, topic)
         if not 0 <= partition < len(meta.partitions):
             raise UnknownTopicOrPartitionError(f"unknown partition {topic}-{partition}", topic=topic)
         state = meta.partitions[partition]
@@ -111,11 +112,11 @@ async def _leader(ctx: Any, topic: str, partition: int) -> tuple[TopicMetadata, 
     raise LeaderNotAvailableError(f"{topic}-{partition} has no leader")
 
 
-def _forget_on_stale(ctx: Any, topic: str, exc: BaseException) -> None:
+async def _forget_on_stale(ctx: Any, topic: str, exc: BaseException) -> None:
+    """After an error that means the cached leaders are stale, refresh them (off the event loop)."""
     if isinstance(exc, RaystreamError) and exc.invalid_metadata:
-        ctx.metadata.request_update(topic)
         try:
-            ctx.metadata.refresh([topic])
+            await asyncio.to_thread(ctx.metadata.refresh, [topic])
         except RaystreamError:
             pass
 
@@ -166,7 +167,7 @@ async def _produce_partition(ctx: Any, topic: str, partition: int, records: byte
             out.update(base_offset=result.base_offset, log_append_time=result.log_append_time,
                        log_start_offset=result.log_start_offset)
     except Exception as exc:  # one partition's failure is that partition's error code
-        _forget_on_stale(ctx, topic, exc)
+        await _forget_on_stale(ctx, topic, exc)
         out.update(error_code=error_code(exc), error_message=str(exc)[:500])
     return out
 
@@ -174,15 +175,14 @@ async def _produce_partition(ctx: Any, topic: str, partition: int, records: byte
 async def fetch(request: Request, ctx: Any) -> Mapping[str, Any]:
     body = request.body
     max_wait_ms = int(body.max_wait.total_seconds() * 1000)
-    budget = [int(getattr(body, "max_bytes", 2_147_483_647))]
+    budget = int(getattr(body, "max_bytes", 2_147_483_647))  # the response's bytes, spent topic by topic
     responses = []
     for topic in body.topics:
         partitions = await asyncio.gather(*[
             _fetch_partition(ctx, topic.topic, p.partition, p.fetch_offset,
-                             min(int(p.partition_max_bytes), budget[0]), max_wait_ms, int(body.min_bytes))
+                             min(int(p.partition_max_bytes), budget), max_wait_ms, int(body.min_bytes))
             for p in topic.partitions])
-        for p in partitions:
-            budget[0] = max(1, budget[0] - len(p["records"] or b""))
+        budget = max(1, budget - sum(len(p["records"] or b"") for p in partitions))
         responses.append({"topic": topic.topic, "partitions": partitions})
     return {"throttle_time": 0, "error_code": ErrorCode.none, "session_id": 0, "responses": responses}
 
@@ -207,7 +207,7 @@ async def _fetch_partition(ctx: Any, topic: str, partition: int, offset: int, ma
         out.update(high_watermark=result.high_watermark, last_stable_offset=result.high_watermark,
                    log_start_offset=result.log_start_offset, records=bytes(data))
     except Exception as exc:  # one partition's failure is that partition's error code
-        _forget_on_stale(ctx, topic, exc)
+        await _forget_on_stale(ctx, topic, exc)
         out.update(error_code=error_code(exc))
     return out
 
@@ -233,7 +233,7 @@ async def _list_offset(ctx: Any, topic: str, partition: int, timestamp: int,
             TopicPartition(topic, partition), leader, timestamp, read_committed=read_committed))
         out.update(offset=offset, leader_epoch=epoch)
     except Exception as exc:  # one partition's failure is that partition's error code
-        _forget_on_stale(ctx, topic, exc)
+        await _forget_on_stale(ctx, topic, exc)
         out.update(error_code=error_code(exc))
     return out
 
