@@ -83,3 +83,11 @@ async def create_partitions(request: Request, ctx: Any) -> Mapping[str, Any]:
                 out.update(error_code=error_code(exc), error_message=str(exc)[:500])
         results.append(out)
     return {"throttle_time": 0, "results": results}
+
+
+#: Kafka API key -> (min version, max version, handler) served by this module.
+HANDLERS = {
+    19: (2, 7, create_topics),  # CreateTopics
+    20: (1, 5, delete_topics),  # DeleteTopics
+    37: (0, 3, create_partitions),  # CreatePartitions
+}

@@ -29,8 +29,7 @@ from raystream.gateway.admin_apis import ZERO_UUID
 from raystream.gateway.entities import build
 from raystream.gateway.framing import Request
 
-PRODUCE, FETCH, LIST_OFFSETS, METADATA, OFFSET_COMMIT, OFFSET_FETCH, FIND_COORDINATOR = 0, 1, 2, 3, 8, 9, 10
-LIST_GROUPS, API_VERSIONS, CREATE_TOPICS, DELETE_TOPICS, INIT_PRODUCER_ID, CREATE_PARTITIONS = 16, 18, 19, 20, 22, 37
+METADATA, API_VERSIONS = 3, 18
 #: Kafka's "authorized operations not requested" marker (INT32_MIN).
 NO_AUTHORIZED_OPERATIONS = -2147483648
 
@@ -92,21 +91,14 @@ async def metadata(request: Request, ctx: GatewayContext) -> Mapping[str, Any]:
             "cluster_authorized_operations": NO_AUTHORIZED_OPERATIONS}
 
 
-#: API key -> (min version, max version) served, and the handler.
+#: API key -> (min version, max version) served, and the handler. Each API module lists its own APIs in a
+#: ``HANDLERS`` table of the same shape (Kafka's API keys there); this one merges them.
 HANDLERS: dict[int, tuple[int, int, Handler]] = {
-    PRODUCE: (3, 9, data_apis.produce),
-    FETCH: (4, 12, data_apis.fetch),
-    LIST_OFFSETS: (1, 7, data_apis.list_offsets),
     METADATA: (0, 12, metadata),
-    OFFSET_COMMIT: (2, 8, group_apis.offset_commit),
-    OFFSET_FETCH: (1, 7, group_apis.offset_fetch),
-    FIND_COORDINATOR: (0, 3, group_apis.find_coordinator),
-    LIST_GROUPS: (0, 4, group_apis.list_groups),
     API_VERSIONS: (0, 3, api_versions),
-    CREATE_TOPICS: (2, 7, admin_apis.create_topics),
-    DELETE_TOPICS: (1, 5, admin_apis.delete_topics),
-    INIT_PRODUCER_ID: (0, 4, data_apis.init_producer_id),
-    CREATE_PARTITIONS: (0, 3, admin_apis.create_partitions),
+    **data_apis.HANDLERS,
+    **group_apis.HANDLERS,
+    **admin_apis.HANDLERS,
 }
 SUPPORTED: dict[int, tuple[int, int]] = {key: (low, high) for key, (low, high, _) in HANDLERS.items()}
 

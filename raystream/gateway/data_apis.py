@@ -249,3 +249,12 @@ async def init_producer_id(request: Request, ctx: Any) -> Mapping[str, Any]:
         return {"throttle_time": 0, "error_code": error_code(exc), "producer_id": -1, "producer_epoch": -1}
     return {"throttle_time": 0, "error_code": ErrorCode.none, "producer_id": producer_id,
             "producer_epoch": producer_epoch}
+
+
+#: Kafka API key -> (min version, max version, handler) served by this module.
+HANDLERS = {
+    0: (3, 9, produce),  # Produce
+    1: (4, 12, fetch),  # Fetch
+    2: (1, 7, list_offsets),  # ListOffsets
+    22: (0, 4, init_producer_id),  # InitProducerId
+}

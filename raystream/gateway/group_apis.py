@@ -76,3 +76,12 @@ async def list_groups(request: Request, ctx: Any) -> Mapping[str, Any]:
         return {"throttle_time": 0, "error_code": error_code(exc), "groups": []}
     return {"throttle_time": 0, "error_code": ErrorCode.none,
             "groups": [{"group_id": name, "protocol_type": "consumer", "group_state": ""} for name in names]}
+
+
+#: Kafka API key -> (min version, max version, handler) served by this module.
+HANDLERS = {
+    8: (2, 8, offset_commit),  # OffsetCommit
+    9: (1, 7, offset_fetch),  # OffsetFetch
+    10: (0, 3, find_coordinator),  # FindCoordinator
+    16: (0, 4, list_groups),  # ListGroups
+}
