@@ -10,44 +10,29 @@ stop every Ray on the machine, including the shared test session's.
 from __future__ import annotations
 
 import json
-import os
 import secrets
-import signal
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from cli_process import BIN, clean_env, free_port, gateway_process, stop_process_group
 
 pytestmark = pytest.mark.integration
 
-BIN = Path(sys.executable).parent
 HEAD_START_TIMEOUT_S = 60
 COMMAND_TIMEOUT_S = 120
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 _TOKEN = {"RAY_AUTH_TOKEN": secrets.token_hex(32)}
 
 
 def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RAY_ADDRESS", "RAYSTREAM_CONFIG", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")}
-    env.update(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="token",
-               **_TOKEN)
-    return env
+    return clean_env(RAY_AUTH_MODE="token", **_TOKEN)
 
 
 @pytest.fixture(scope="module")
 def ray_head(tmp_path_factory):
-    port = _free_port()
+    port = free_port()
     temp_dir = tmp_path_factory.mktemp("rayhead")
     log = open(temp_dir / "ray-start.log", "wb")  # noqa: SIM115 (closed at teardown)
     head = subprocess.Popen(
@@ -70,14 +55,7 @@ def ray_head(tmp_path_factory):
             time.sleep(0.5)  # a retry interval between status probes (not synchronisation)
         yield address
     finally:
-        try:
-            os.killpg(head.pid, signal.SIGTERM)
-            head.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
-            head.wait(timeout=30)
-        except ProcessLookupError:
-            pass
+        stop_process_group(head)
         log.close()
 
 
@@ -133,27 +111,17 @@ def test_gateway_command_serves_kafka_clients(ray_head, tmp_path, wait_for):
     data = tmp_path / "data"
     ok(cli(ray_head, data, "start"))
     ok(cli(ray_head, data, "topics", "create", "kafka-in", "--partitions", "1"))
-    port = _free_port()
-    gateway = subprocess.Popen([str(BIN / "raystream"), "--address", ray_head, "--cluster", "sub", "gateway",
-                                "--listen", f"127.0.0.1:{port}"], env=_env(), stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        def listening() -> bool:
-            assert gateway.poll() is None, gateway.stderr.read()
-            with socket.socket() as s:
-                return s.connect_ex(("127.0.0.1", port)) == 0
-        wait_for(listening, timeout_s=60, message="the gateway to listen")
-        producer = KafkaProducer(bootstrap_servers=f"127.0.0.1:{port}")  # kafka-python's defaults: idempotent
-        assert [producer.send("kafka-in", value=b"m%d" % i).get(30).offset for i in range(3)] == [0, 1, 2]
-        producer.close()
-        consumed = ok(cli(ray_head, data, "consume", "kafka-in", "--from-beginning", "--max-messages", "3"))
-        assert [line for line in consumed.stdout.splitlines() if line.startswith("m")] == ["m0", "m1", "m2"]
-        consumer = KafkaConsumer(bootstrap_servers=f"127.0.0.1:{port}", auto_offset_reset="earliest",
-                                 consumer_timeout_ms=5000, enable_auto_commit=False)
-        consumer.assign([TopicPartition("kafka-in", 0)])
-        assert [m.value for m in consumer] == [b"m0", b"m1", b"m2"]
-        consumer.close()
+        with gateway_process(ray_head, "sub", _env(), wait_for) as bootstrap:
+            producer = KafkaProducer(bootstrap_servers=bootstrap)  # kafka-python's defaults: idempotent
+            assert [producer.send("kafka-in", value=b"m%d" % i).get(30).offset for i in range(3)] == [0, 1, 2]
+            producer.close()
+            consumed = ok(cli(ray_head, data, "consume", "kafka-in", "--from-beginning", "--max-messages", "3"))
+            assert [line for line in consumed.stdout.splitlines() if line.startswith("m")] == ["m0", "m1", "m2"]
+            consumer = KafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                                     consumer_timeout_ms=5000, enable_auto_commit=False)
+            consumer.assign([TopicPartition("kafka-in", 0)])
+            assert [m.value for m in consumer] == [b"m0", b"m1", b"m2"]
+            consumer.close()
     finally:
-        os.killpg(gateway.pid, signal.SIGTERM)
-        gateway.wait(timeout=30)
         ok(cli(ray_head, data, "stop"))
