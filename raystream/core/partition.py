@@ -39,7 +39,9 @@ Produce decisions: :meth:`check_produce` (leader, epoch, acks, min.insync.replic
 duplicate without appending) and :meth:`ack_ready` (is an acks=all answer ready, must it wait, or does it
 fail: NotLeader, NotEnoughReplicasAfterAppend). Fetch decisions: :meth:`fetch_limit` (HW, or the LSO for
 read_committed), :meth:`check_fetch_position` (out of range judged against the log end offset) and
-:meth:`list_offset`.
+:meth:`list_offset`. DeleteRecords decisions: :meth:`delete_records_offset` (the leader's new log start
+offset, bounded by the high watermark), :meth:`low_watermark` (the lowest log start offset over the ISR,
+which the answer waits for) and :meth:`follower_log_start` (how far a follower follows the leader's).
 
 Pure: no Ray, no asyncio, no clock (time comes in as ``now_ms``). Not thread-safe: the replica actor's
 event loop (or the unit tests' fake transport, under its lock) serialises calls.
@@ -69,6 +71,8 @@ ACKS = (0, 1, -1)
 class FollowerProgress:
     log_end_offset: int = 0
     last_caught_up_ms: int = 0
+    #: As the follower last answered (0 until it has: a DeleteRecords then waits for its answer).
+    log_start_offset: int = 0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -253,11 +257,47 @@ class Partition:
         return -1 if found is None or found >= limit else found
 
     # -- progress and the high watermark ---------------------------------------------------------------------
-    def record_follower(self, broker: int, log_end_offset: int, leader_leo_at_send: int, now_ms: int) -> None:
+    def record_follower(self, broker: int, log_end_offset: int, leader_leo_at_send: int, now_ms: int,
+                        log_start_offset: int | None = None) -> bool:
+        """A follower's answer to a push; True if its log start offset advanced (a DeleteRecords waiting for
+        the low watermark must look again)."""
         progress = self.followers.setdefault(broker, FollowerProgress())
         progress.log_end_offset = log_end_offset
         if log_end_offset >= leader_leo_at_send:
             progress.last_caught_up_ms = now_ms
+        if log_start_offset is None or log_start_offset <= progress.log_start_offset:
+            return False
+        progress.log_start_offset = log_start_offset
+        return True
+
+    # -- DeleteRecords ---------------------------------------------------------------------------------------
+    def delete_records_offset(self, offset: int, log_start_offset: int) -> int:
+        """Leader: the log start offset a DeleteRecords of ``offset`` asks for (Kafka's rules): -1 means the
+        high watermark; below -1 or above the high watermark is OffsetOutOfRangeError (records a consumer may
+        not read yet cannot be deleted). An offset below the current log start offset asks for nothing new."""
+        self.check_leader(None)
+        target = self.high_watermark if offset == -1 else offset
+        if not isinstance(target, int) or isinstance(target, bool) or target < 0 or target > self.high_watermark:
+            raise OffsetOutOfRangeError(
+                f"[{self.name}] cannot delete records before {offset!r}: high_watermark={self.high_watermark}, "
+                f"log_start_offset={log_start_offset} (-1 means the high watermark)",
+                offset=offset, log_start_offset=log_start_offset, high_watermark=self.high_watermark)
+        return target
+
+    def low_watermark(self, log_start_offset: int) -> int:
+        """Leader: Kafka's low watermark, the lowest log start offset over the ISR (this replica's is
+        ``log_start_offset``; a follower's as it last answered). Raises NotLeaderError on a non-leader."""
+        if self.role is not Role.LEADER:
+            raise self._not_leader(": lost leadership while deleting records")
+        starts = [self.followers.get(b, FollowerProgress()).log_start_offset for b in self.isr if b != self.broker_id]
+        return min([log_start_offset, *starts])
+
+    def follower_log_start(self, leader_log_start: int, log_start_offset: int, log_end_offset: int) -> int | None:
+        """Follower: the log start offset to move to after a push carrying the leader's, or None to stay.
+        Bounded by this replica's high watermark (and log end), as Kafka's follower is, so its log start
+        never passes what it has and knows to be committed."""
+        target = min(leader_log_start, self.high_watermark, log_end_offset)
+        return target if target > log_start_offset else None
 
     @property
     def maximal_isr(self) -> tuple[int, ...]:
