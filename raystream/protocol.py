@@ -119,6 +119,15 @@ class TopicMetadata:
 
 
 @dataclasses.dataclass(frozen=True)
+class ClusterConfig:
+    """The settings a controller runs with, under Kafka's names: ``broker`` (``raystream.config.BrokerConfig``)
+    and ``topic_defaults``, what a new topic gets for each config it does not set."""
+
+    broker: dict[str, Any]
+    topic_defaults: dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
 class BrokerInfo:
     broker_id: int
     node_id: str  # current Ray node id (hex)
@@ -170,6 +179,21 @@ class ListOffsetsRequest:
 
     spec: int
     read_committed: bool = False
+
+
+#: DeleteRecords' offset meaning "up to the high watermark" (Kafka's -1).
+HIGH_WATERMARK = -1
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DeleteRecordsRequest:
+    """Kafka's DeleteRecords for one partition: move the log start offset to ``offset`` (HIGH_WATERMARK: to
+    the high watermark); answered once every in-sync replica has, or RequestTimeoutError after
+    ``timeout_ms``. ``leader_epoch`` None skips the epoch check."""
+
+    offset: int
+    timeout_ms: int
+    leader_epoch: int | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -19,6 +19,7 @@ import os
 import sys
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 import pyarrow as pa
@@ -37,6 +38,7 @@ from raystream.config import BrokerConfig, TopicConfig
 from raystream.core.partition import APPEND, Partition, ProduceDecision, dedup_outcome
 from raystream.errors import RequestTimeoutError
 from raystream.protocol import (
+    DeleteRecordsRequest,
     FetchRequest,
     FetchResult,
     ListOffsetsRequest,
@@ -271,13 +273,18 @@ class PartitionReplica(ReplicationMixin):
         """The acks=all wait (produce, its duplicates, transaction markers): until the core says the write
         ending at ``last_offset`` is replicated (``Partition.ack_ready``, which also raises NotLeaderError
         and NotEnoughReplicasAfterAppendError), or RequestTimeoutError after ``timeout_ms``."""
+        await self._wait_until(lambda: self.state.ack_ready(last_offset, min_isr), timeout_ms, lambda: (
+            f"[{self.name}] {what} {last_offset} not replicated to ISR {list(self.state.isr)} within {timeout_ms} ms"))
+
+    async def _wait_until(self, ready: Callable[[], bool], timeout_ms: int, timed_out: Callable[[], str]) -> None:
+        """Wait until ``ready()`` (checked again at every replication signal: the high watermark moved, a
+        follower answered with a new log start offset, the role changed), or raise RequestTimeoutError with
+        the message ``timed_out()`` after ``timeout_ms``. ``ready`` may raise (NotLeaderError)."""
         deadline = time.monotonic() + timeout_ms / 1000
-        while not self.state.ack_ready(last_offset, min_isr):
+        while not ready():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise RequestTimeoutError(
-                    f"[{self.name}] {what} {last_offset} not replicated to ISR {list(self.state.isr)} "
-                    f"within {timeout_ms} ms")
+                raise RequestTimeoutError(timed_out())
             await self._wait("hw", remaining)
 
     def _advance_high_watermark(self) -> None:
@@ -358,6 +365,31 @@ class PartitionReplica(ReplicationMixin):
         limit = self.last_stable_offset() if request.read_committed else self.state.high_watermark
         return self.state.list_offset(request.spec, limit, self.log.log_start_offset,
                                       self.log.offset_for_timestamp)
+
+    async def delete_records(self, request: DeleteRecordsRequest) -> int:
+        """Kafka's DeleteRecords on the leader: move the log start offset to ``request.offset`` (-1: the high
+        watermark; above it: OffsetOutOfRangeError), deleting the segments wholly below it, and answer the low
+        watermark (``Partition.low_watermark``) once every in-sync replica's log start offset has reached the
+        offset, or RequestTimeoutError after ``timeout_ms`` (this log has moved all the same; a retry is a
+        no-op here and waits again). Followers learn the new log start offset from the leader's next push
+        (``replicate``), which this call starts at once; their answers wake the wait below.
+        Concurrency: the check and the move run with no ``await`` between them."""
+        await self._ensure_role()
+        self.state.check_leader(request.leader_epoch)
+        target = self.state.delete_records_offset(request.offset, self.log.log_start_offset)
+        if target > self.log.log_start_offset:
+            self.log.delete_records_before(target)
+            self.producers.after_retention()
+            log.info("[%s] deleted records before %d (DeleteRecords)", self.name, target)
+            self._signal("data")  # wakes the idle replicators: their next push carries the new log start
+
+        def low() -> int:  # raises NotLeaderError if leadership is lost meanwhile
+            return self.state.low_watermark(self.log.log_start_offset)
+
+        await self._wait_until(lambda: low() >= target, request.timeout_ms, lambda: (
+            f"[{self.name}] records before {target} deleted here, but not yet on every in-sync replica "
+            f"{list(self.state.isr)} within {request.timeout_ms} ms (low watermark {low()})"))
+        return low()
 
     # -- admin ---------------------------------------------------------------------------------------------
     async def describe(self) -> ReplicaDescription:

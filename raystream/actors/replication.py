@@ -14,6 +14,11 @@ same position (the same ObjectRef is handed to each), and only the last few are 
 When a replicator is idle it still sends an empty push every ``replica.lag.time.max.ms / 3``: that is the
 heartbeat that keeps a live follower in the ISR and carries the high watermark.
 
+Every push also carries the leader's log start offset, and the follower answers with its own: so a
+follower's log start follows the leader's (retention, DeleteRecords) as Kafka's followers learn it from
+fetch responses, and the leader knows each follower's, for DeleteRecords' low watermark. A DeleteRecords
+wakes the idle replicators at once rather than waiting for the next heartbeat.
+
 Concurrency: mixed into the async actor :class:`raystream.actors.replica.PartitionReplica`, whose event
 loop runs every method here; it uses that class's state (``state``, ``log``, ``producers``,
 ``broker_config``, ``_shared_refs``, ``_push_positions``, ``_isr_tasks``, ``_wait`` / ``_signal``,
@@ -66,12 +71,14 @@ class ReplicationMixin:
                 self._push_positions[broker] = follower_leo
                 if follower_leo < leo:
                     batches = self._shared_ref(follower_leo)
-                follower_leo = await asyncio.wait_for(
-                    handle.replicate.remote(epoch, self.broker_id, batches, self.state.high_watermark),
+                follower_leo, follower_start = await asyncio.wait_for(
+                    handle.replicate.remote(epoch, self.broker_id, batches, self.state.high_watermark,
+                                            self.log.log_start_offset),
                     timeout=cfg.request_timeout_ms / 1000)
                 self._push_positions[broker] = follower_leo
                 self._forget_shared_refs()
-                self.state.record_follower(broker, follower_leo, leo, _now_ms())
+                if self.state.record_follower(broker, follower_leo, leo, _now_ms(), follower_start):
+                    self._signal("hw")  # a DeleteRecords may be waiting for this follower's log start offset
                 self._advance_high_watermark()
                 self._maybe_expand_isr(broker)
                 if follower_leo >= self.log.log_end_offset:
@@ -165,18 +172,32 @@ class ReplicationMixin:
                      self.log.log_end_offset, leader, epoch)
         return self.log.log_end_offset
 
-    async def replicate(self, epoch: int, leader: int, batches: list[RawBatches], high_watermark: int) -> int:
+    async def replicate(self, epoch: int, leader: int, batches: list[RawBatches], high_watermark: int,
+                        log_start_offset: int = 0) -> tuple[int, int]:
         """Append the leader's batches (its segments' bytes, each message checked here and written
-        verbatim) from this replica's log end offset; returns the new log end offset."""
+        verbatim) from this replica's log end offset, take its high watermark and follow its log start offset
+        (moved by retention or DeleteRecords; up to this replica's high watermark, as Kafka's followers do).
+        Returns this replica's new log end offset and log start offset."""
         self.state.accept_replication(epoch, leader)
         leo = self.log.log_end_offset
         for group in batches:
             for raw in raw_batches(group):
                 if raw.header.base_offset < leo:
-                    continue
+                    if raw.header.last_offset < leo or self.log.log_start_offset < leo:
+                        continue  # already here
+                    # An empty log restarted inside this batch: the leader's log start offset, where the
+                    # re-sync started it, was moved mid-batch by DeleteRecords. Restart at the batch, as
+                    # Kafka's follower does (UnexpectedAppendOffset); the log start follows below.
+                    self.log.truncate_fully_and_start_at(raw.header.base_offset)
+                    self.producers.after_full_truncation()
+                    leo = raw.header.base_offset
                 # One batch per append, recorded at once: the producer state is exact at every segment roll.
                 self.log.append_raw_as_follower(raw, now=_now_ms())
                 self.producers.record(raw.header)
         if self.state.follow_high_watermark(high_watermark, self.log.log_end_offset):
             self.log.set_high_watermark(self.state.high_watermark)
-        return self.log.log_end_offset
+        start = self.state.follower_log_start(log_start_offset, self.log.log_start_offset, self.log.log_end_offset)
+        if start is not None:
+            self.log.delete_records_before(start)
+            self.producers.after_retention()
+        return self.log.log_end_offset, self.log.log_start_offset
