@@ -181,3 +181,7 @@ class BrokerConfig:
             if current[key] < minimum:
                 raise InvalidConfigurationError(f"{raw_key} must be >= {minimum}, got {value!r}")
         return cls(**current)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Kafka-named view (``replica.lag.time.max.ms``), as the configuration file spells it."""
+        return {k.replace("_", "."): v for k, v in dataclasses.asdict(self).items()}

@@ -62,6 +62,7 @@ from raystream.config import BrokerConfig, TopicConfig
 from raystream.core.metadata import ClusterMetadata
 from raystream.protocol import (
     BrokerInfo,
+    ClusterConfig,
     DescribeGroupResult,
     JoinGroupResult,
     PartitionState,
@@ -184,6 +185,10 @@ class Controller:
 
     async def get_brokers(self) -> dict[int, BrokerInfo]:
         return dict(self.metadata.brokers)
+
+    async def get_cluster_config(self) -> ClusterConfig:
+        """The broker settings this controller runs with and the defaults new topics get (Kafka's names)."""
+        return ClusterConfig(self.broker_config.to_dict(), self.topic_defaults.to_dict())
 
     async def get_partition_state(self, topic: str, partition: int) -> PartitionState:
         return self.store.partition_state(topic, partition)

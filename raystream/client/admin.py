@@ -1,5 +1,6 @@
-"""``Admin``: topic management (create, list, describe, alter config, add partitions, delete) and consumer
-groups (list, describe with lag, reset offsets, delete).
+"""``Admin``: topic management (create, list, describe, alter config, add partitions, delete), deleting
+records below an offset (Kafka's DeleteRecords) and consumer groups (list, describe with lag, reset
+offsets, delete).
 
 Arguments are checked here, before any remote call; the controller validates topic names and configs
 again and raises the raystream errors (``TopicAlreadyExistsError``, ``InvalidConfigurationError``, ...).
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from concurrent.futures import Future
 from typing import Any
 
 import pyarrow as pa
@@ -22,7 +24,7 @@ from raystream.client.offset_spec import parse_offset_spec
 from raystream.core.lag import consumer_lag
 from raystream.core.names import validate_topic_name
 from raystream.errors import ClosedError
-from raystream.protocol import LATEST, GroupDescription, TopicDescription, TopicPartition
+from raystream.protocol import HIGH_WATERMARK, LATEST, GroupDescription, TopicDescription, TopicPartition
 from raystream.record import check_user_schema
 
 log = logging.getLogger(__name__)
@@ -58,6 +60,22 @@ def _check_config(config: Any) -> dict[str, Any] | None:
     return dict(config)
 
 
+def _check_delete_offsets(offsets: Any) -> dict[TopicPartition, int]:
+    if not isinstance(offsets, Mapping):
+        raise TypeError(f"offsets must be a mapping of TopicPartition to offset, got {type(offsets).__name__}")
+    out = {}
+    for tp, offset in offsets.items():
+        if not isinstance(tp, TopicPartition):
+            raise TypeError(f"offsets' keys must be TopicPartition, got {tp!r}")
+        _check_name(tp.topic)
+        if not isinstance(offset, int) or isinstance(offset, bool):
+            raise TypeError(f"offset of {tp} must be an int, got {type(offset).__name__}")
+        if offset < HIGH_WATERMARK:
+            raise ValueError(f"offset of {tp} must be >= 0, or -1 for the high watermark; got {offset}")
+        out[tp] = offset
+    return out
+
+
 class Admin:
     def __init__(self, *, request_timeout_ms: int = 60_000, cluster: Any = None,
                  transport: BaseTransport | None = None) -> None:
@@ -69,6 +87,10 @@ class Admin:
         leaders = MetadataLeaders(lambda topics: self._transport.get_metadata(topics, timeout_s=self._timeout_s))
         self._list_offsets = ListOffsets(self._transport, leaders, retry_backoff_s=_RETRY_BACKOFF_S,
                                          retry_leaderless=False)
+        # DeleteRecords rides the same retry loop (resending it is a no-op); a leaderless partition waits for
+        # its election, as Kafka's admin client does, until the request timeout.
+        self._delete_records = ListOffsets(self._transport, leaders, retry_backoff_s=_RETRY_BACKOFF_S,
+                                           send=self._send_delete_records)
 
     def create_topic(self, name: str, partitions: int | None = None, replication_factor: int | None = None,
                      config: Mapping[str, Any] | None = None, schema: pa.Schema | None = None,
@@ -136,6 +158,36 @@ class Admin:
     def delete_topic(self, name: str) -> None:
         self._check_open()
         self._transport.delete_topic(_check_name(name), timeout_s=self._timeout_s)
+
+    def delete_records(self, offsets: Mapping[TopicPartition, int]) -> dict[TopicPartition, int]:
+        """Kafka's ``AdminClient.deleteRecords``: delete each partition's records below the given offset
+        (``-1``: below its high watermark) by moving its log start offset there; whole segments below it are
+        removed from disk. Consumers can no longer read those records; ListOffsets' earliest moves.
+
+        Returns each partition's low watermark (its log start offset once every in-sync replica has moved,
+        at least the offset asked for). An offset above the high watermark raises OffsetOutOfRangeError; a
+        partition the topic does not have, UnknownTopicOrPartitionError. Leader changes are retried until
+        the request timeout (RequestTimeoutError then). Every partition is tried before the first
+        partition's error is raised (the others may have been deleted meanwhile).
+        """
+        self._check_open()
+        targets = _check_delete_offsets(offsets)
+        if not targets:
+            return {}
+        result = self._delete_records.run(targets, self._timeout_s)
+        error = result.first_error()
+        if error is not None:
+            raise error
+        if result.unanswered:
+            last = next((e for e in result.unanswered.values() if e is not None), None)
+            raise errors.RequestTimeoutError(
+                f"delete_records: no answer for {sorted(str(tp) for tp in result.unanswered)} within "
+                f"{self._timeout_s * 1000:.0f} ms (last error: {last!r})")
+        return {tp: result.offsets[tp] for tp in targets}
+
+    def _send_delete_records(self, transport: BaseTransport, tp: TopicPartition, broker: int, offset: int,
+                             read_committed: bool) -> Future[int]:
+        return transport.delete_records(tp, broker, offset, int(self._timeout_s * 1000))
 
     def list_groups(self) -> list[str]:
         self._check_open()

@@ -19,6 +19,7 @@ import pyarrow as pa
 
 from raystream.protocol import (
     BrokerInfo,
+    ClusterConfig,
     FetchResult,
     ProduceResult,
     TopicDescription,
@@ -60,6 +61,11 @@ class BaseTransport(abc.ABC):
 
     @abc.abstractmethod
     def create_partitions(self, name: str, total: int, timeout_s: float | None = None) -> Any: ...
+
+    def get_cluster_config(self, timeout_s: float | None = None) -> ClusterConfig:
+        """The controller's broker settings and topic defaults (transports without it raise
+        NotImplementedError)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot describe the cluster's configs")
 
     def alter_topic_schema(self, name: str, schema_bytes: bytes, timeout_s: float | None = None) -> Any:
         """Evolve an Arrow-native topic's schema (transports without it raise NotImplementedError)."""
@@ -123,6 +129,14 @@ class BaseTransport(abc.ABC):
     @abc.abstractmethod
     def list_offset(self, tp: TopicPartition, broker_id: int, spec: int,
                     read_committed: bool = False) -> Future[int]: ...
+
+    def delete_records(self, tp: TopicPartition, broker_id: int, offset: int, timeout_ms: int,
+                       leader_epoch: int | None = None) -> Future[int]:
+        """Kafka's DeleteRecords on the leader: move the log start offset to ``offset`` (-1: the high
+        watermark); the future's answer is the partition's low watermark once every in-sync replica has moved
+        (``PartitionReplica.delete_records``). Transports without it answer a future failed with
+        NotImplementedError."""
+        return failed_future(NotImplementedError(f"{type(self).__name__} cannot delete records"))
 
 
 def failed_future(exc: BaseException) -> Future:

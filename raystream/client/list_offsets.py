@@ -12,6 +12,10 @@ Where leaders come from differs per caller, so it is a :class:`LeaderLookup`: th
 cache (:class:`CachedLeaders`) or fresh metadata from the controller every round
 (:class:`MetadataLeaders`, the admin client and Ray Data).
 
+The loop is not specific to ListOffsets: any per-partition request to the leader whose answer is an int
+and which is safe to send again can use it with its own ``send`` (the admin client's DeleteRecords does:
+moving a log start offset to the same offset twice is a no-op).
+
 Concurrency: a :class:`ListOffsets` holds no mutable state; ``run`` blocks the calling thread (transport
 futures complete on other threads and are only read here) and may be called from several threads if the
 lookup allows it (``MetadataLeaders`` does; ``CachedLeaders`` is its consumer's thread's).
@@ -116,16 +120,22 @@ class ListOffsetsResult:
         return next(iter(self.failed.values()), None)
 
 
+#: One request to a partition's leader: ``(transport, tp, broker, value, read_committed) -> Future[int]``.
+PartitionRequest = Callable[[BaseTransport, TopicPartition, int, int, bool], "Future[int]"]
+
+
 class ListOffsets:
     """ListOffsets of many partitions with retries. ``retry_backoff_s``: pause between rounds;
-    ``retry_leaderless``: a partition without a leader is retried (else unanswered at once)."""
+    ``retry_leaderless``: a partition without a leader is retried (else unanswered at once); ``send``: the
+    request each partition's value goes out as (ListOffsets' by default; see the module docstring)."""
 
     def __init__(self, transport: BaseTransport, leaders: LeaderLookup, *, retry_backoff_s: float,
-                 retry_leaderless: bool = True) -> None:
+                 retry_leaderless: bool = True, send: PartitionRequest = send_list_offset) -> None:
         self.transport = transport
         self.leaders = leaders
         self.retry_backoff_s = retry_backoff_s
         self.retry_leaderless = retry_leaderless
+        self.send = send
 
     def run(self, specs: Mapping[TopicPartition, int], timeout_s: float,
             read_committed: bool = False) -> ListOffsetsResult:
@@ -152,7 +162,7 @@ class ListOffsets:
         for tp, spec in list(pending.items()):
             broker = leaders.get(tp)
             if broker is not None:
-                futures[tp] = send_list_offset(self.transport, tp, broker, spec, read_committed)
+                futures[tp] = self.send(self.transport, tp, broker, spec, read_committed)
                 continue
             result.unanswered[tp] = LeaderNotAvailableError(f"{tp} has no leader")
             if self.retry_leaderless:

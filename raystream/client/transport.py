@@ -28,6 +28,8 @@ from raystream import errors, handles
 from raystream.client.base import BaseTransport, failed_future
 from raystream.protocol import (
     BrokerInfo,
+    ClusterConfig,
+    DeleteRecordsRequest,
     FetchRequest,
     FetchResult,
     ListOffsetsRequest,
@@ -119,6 +121,9 @@ class RayTransport(BaseTransport):
     def alter_topic_schema(self, name: str, schema_bytes: bytes, timeout_s: float | None = None) -> Any:
         return self._call("alter_topic_schema", name, schema_bytes, timeout_s=timeout_s)
 
+    def get_cluster_config(self, timeout_s: float | None = None) -> ClusterConfig:
+        return self._call("get_cluster_config", timeout_s=timeout_s)
+
     def init_producer_id(self, timeout_s: float | None = None, replay_id: str | None = None) -> tuple[int, int]:
         args = () if replay_id is None else (replay_id,)
         producer_id, producer_epoch = self._call("init_producer_id", *args, timeout_s=timeout_s)
@@ -192,6 +197,10 @@ class RayTransport(BaseTransport):
     def list_offset(self, tp: TopicPartition, broker_id: int, spec: int,
                     read_committed: bool = False) -> Future[int]:
         return self._submit(tp, broker_id, "list_offset", ListOffsetsRequest(spec, read_committed))
+
+    def delete_records(self, tp: TopicPartition, broker_id: int, offset: int, timeout_ms: int,
+                       leader_epoch: int | None = None) -> Future[int]:
+        return self._submit(tp, broker_id, "delete_records", DeleteRecordsRequest(offset, timeout_ms, leader_epoch))
 
 
 def _as_future(call, what: str, on_error=None) -> Future:

@@ -148,6 +148,16 @@ class FakePartition:
         limit = state.fetch_limit(request.read_committed, self.producers.first_unstable_offset())
         return state.list_offset(request.spec, limit, self.log.log_start_offset, self.log.offset_for_timestamp)
 
+    def delete_records(self, broker: int, offset: int, leader_epoch: int | None = None) -> int:
+        """PartitionReplica.delete_records: the core's checks, the move, and the low watermark (the leader is
+        the whole ISR here, so it is answered at once)."""
+        state = self._state(broker)
+        state.check_leader(leader_epoch)
+        target = state.delete_records_offset(offset, self.log.log_start_offset)
+        if target > self.log.log_start_offset:
+            self.truncate_front(target)
+        return state.low_watermark(self.log.log_start_offset)
+
     # -- test hooks --------------------------------------------------------------------------------------------
     def truncate_front(self, offset: int) -> None:
         """Kafka's DeleteRecords: the log start offset moves to ``offset``."""

@@ -29,9 +29,10 @@ from fake_partition import FakePartition
 
 from raystream import errors
 from raystream.client.base import BaseTransport
-from raystream.config import TopicConfig
+from raystream.config import BrokerConfig, TopicConfig
 from raystream.protocol import (
     BrokerInfo,
+    ClusterConfig,
     FetchRequest,
     ListOffsetsRequest,
     PartitionInfo,
@@ -76,6 +77,9 @@ class FakeTransport(BaseTransport):
         self.hold_hw = False
         self.holding_failures = False
         self.next_producer_id = 1000
+        #: What ``get_cluster_config`` reports, as a controller started with these would.
+        self.broker_config = BrokerConfig()
+        self.topic_defaults = TopicConfig()
         self._waiters: dict[TopicPartition, list[tuple[Future, int, FetchRequest]]] = {}
 
     def close(self) -> None:
@@ -236,12 +240,23 @@ class FakeTransport(BaseTransport):
             return TopicDescription(name, infos, dict(meta.config), meta.schema)
 
     def alter_topic_config(self, name: str, config: dict, timeout_s: float | None = None) -> dict:
+        """As the controller: validated over the topic's config (InvalidConfigurationError), resolved in full,
+        and handed to every partition's log."""
         with self.lock:
             self.calls.append(("alter_topic_config", name, config))
             meta = self._topic(name)
-            merged = {**meta.config, **config}
+            resolved = TopicConfig.from_dict(config, base=TopicConfig.from_dict(meta.config, base=self.topic_defaults))
+            merged = resolved.to_dict()
             self.topics[name] = dataclasses.replace(meta, config=merged)
+            for p in range(len(meta.partitions)):
+                self.logs[TopicPartition(name, p)].log.config = resolved
             return merged
+
+    def get_cluster_config(self, timeout_s: float | None = None) -> ClusterConfig:
+        with self.lock:
+            self.calls.append(("get_cluster_config",))
+            self._fault("get_cluster_config")
+            return ClusterConfig(self.broker_config.to_dict(), self.topic_defaults.to_dict())
 
     def create_partitions(self, name: str, total: int, timeout_s: float | None = None) -> TopicMetadata:
         with self.lock:
@@ -359,6 +374,17 @@ class FakeTransport(BaseTransport):
                 self.held.append((future, answer))
                 return future
             return self._done(answer)
+
+    def delete_records(self, tp: TopicPartition, broker_id: int, offset: int, timeout_ms: int,
+                       leader_epoch: int | None = None) -> Future:
+        with self.lock:
+            self.calls.append(("delete_records", tp, broker_id, offset, timeout_ms))
+            try:
+                self._fault("delete_records", tp)
+                low = self._partition(tp).delete_records(broker_id, offset, leader_epoch)
+            except Exception as exc:
+                return self._done(exc=exc)
+            return self._done(low)
 
 
 def _close(partitions: dict[TopicPartition, FakePartition], directory: tempfile.TemporaryDirectory) -> None:
