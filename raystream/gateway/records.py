@@ -20,6 +20,10 @@ one call), so a small request cannot expand into an unbounded one (a decompressi
 cannot read raises :class:`~raystream.errors.CorruptRecordError` (Kafka's CORRUPT_MESSAGE); one that
 expands past the bound, :class:`DecompressionLimitError`.
 
+Encoding is vectorised (the consume hot path): the per-record varints are computed with numpy over whole
+columns and the records are concatenated row-wise by Arrow's ``binary_join_element_wise`` kernel, so no
+Python code runs per record.
+
 Pure functions; thread-safe (no shared state; pyarrow's kernels and codecs release the GIL).
 """
 
@@ -29,7 +33,9 @@ import dataclasses
 import struct
 
 import crc32c
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from raystream.client.accumulator import PRODUCE_SCHEMA
 from raystream.errors import CorruptRecordError, InvalidRecordError
@@ -252,44 +258,98 @@ class _Reader:
 # -- encoding (fetch responses) ------------------------------------------------------------------------------
 def encode_batch(batch: pa.RecordBatch, leader_epoch: int = -1, compression: int | str = "none") -> bytes:
     """One Kafka batch of a fetched Arrow batch (``_offset``, ``_timestamp``, ``key``, ``value``,
-    ``headers`` columns), compressed with ``compression`` (a Kafka codec name or number); offsets and
-    timestamps are kept exactly."""
-    offsets = batch.column(OFFSET_COLUMN).to_pylist()
-    timestamps = batch.column(TIMESTAMP_COLUMN).to_pylist()
-    keys = batch.column("key").to_pylist() if "key" in batch.schema.names else [None] * len(offsets)
-    values = batch.column("value").to_pylist() if "value" in batch.schema.names else [None] * len(offsets)
-    headers = batch.column("headers").to_pylist() if "headers" in batch.schema.names else [None] * len(offsets)
-    base_offset, base_ts = offsets[0], min(timestamps)
-    body = bytearray()
-    for offset, ts, key, value, record_headers in zip(offsets, timestamps, keys, values, headers, strict=True):
-        record = bytearray(b"\0")  # attributes
-        record += _varint(ts - base_ts) + _varint(offset - base_offset)
-        record += _bytes_field(key) + _bytes_field(value)
-        record += _varint(len(record_headers or ()))
-        for header in record_headers or ():
-            record += _bytes_field(None if header["key"] is None else header["key"].encode())
-            record += _bytes_field(header["value"])
-        body += _varint(len(record)) + record
-    attributes = COMPRESSION_CODECS.get(compression, compression) if isinstance(compression, str) else compression
-    if attributes:
-        body = compress(attributes, bytes(body))
-    post = _POST_CRC.pack(attributes, offsets[-1] - base_offset, base_ts, max(timestamps), -1, -1, -1,
-                          len(offsets)) + bytes(body)
-    return _PRE_CRC.pack(base_offset, len(post) + 9, leader_epoch, MAGIC, crc32c.crc32c(post)) + post
+    ``headers`` columns; any of the last three may be absent), compressed with ``compression`` (a Kafka
+    codec name or number); offsets and timestamps are kept exactly."""
+    if batch.num_rows == 0:
+        raise ValueError("a Kafka record batch holds at least one record")
+    offsets = batch.column(OFFSET_COLUMN).to_numpy().astype(np.int64, copy=False)
+    timestamps = batch.column(TIMESTAMP_COLUMN).to_numpy().astype(np.int64, copy=False)
+    base_offset, base_ts = int(offsets[0]), int(timestamps.min())
+    body = _encode_records(batch, offsets - base_offset, timestamps - base_ts)
+    codec = COMPRESSION_CODECS.get(compression, compression) if isinstance(compression, str) else compression
+    if codec:
+        body = compress(codec, body)
+    post = _POST_CRC.pack(codec, int(offsets[-1]) - base_offset, base_ts, int(timestamps.max()), -1, -1, -1,
+                          batch.num_rows)
+    crc = crc32c.crc32c(body, crc32c.crc32c(post))
+    return b"".join((_PRE_CRC.pack(base_offset, len(post) + len(body) + 9, leader_epoch, MAGIC, crc), post, body))
 
 
-def _varint(value: int) -> bytes:
-    value = (value << 1) ^ (value >> 63)
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
+def _encode_records(batch: pa.RecordBatch, offset_deltas: np.ndarray, timestamp_deltas: np.ndarray) -> memoryview:
+    """The records of a batch, concatenated: for each row, varint length, attributes (0), varint timestamp
+    delta, varint offset delta, key (varint length, -1 for null, then bytes), value (likewise), headers."""
+    n = batch.num_rows
+    key, value = _binary_column(batch, "key"), _binary_column(batch, "value")
+    key_lengths, value_lengths = _lengths(key), _lengths(value)
+    headers = _encode_headers(batch.column("headers") if "headers" in batch.schema.names else None, n)
+    front = _varint_rows(np.zeros(n, np.int64), timestamp_deltas, offset_deltas, key_lengths)  # attributes 0
+    value_length = _varint_rows(value_lengths)
+    record_lengths = (_sizes(front) + np.maximum(key_lengths, 0) + _sizes(value_length)
+                      + np.maximum(value_lengths, 0) + _sizes(headers))
+    records = pc.binary_join_element_wise(_varint_rows(record_lengths), front, key, value_length, value, headers,
+                                          _EMPTY, null_handling="replace")
+    _, positions, data = records.buffers()
+    positions = np.frombuffer(positions, np.int32)[records.offset:records.offset + n + 1]
+    return memoryview(data)[int(positions[0]):int(positions[-1])]
 
 
-def _bytes_field(value: bytes | None) -> bytes:
-    return _varint(-1) if value is None else _varint(len(value)) + value
+_EMPTY = pa.scalar(b"", pa.binary())
+
+
+def _binary_column(batch: pa.RecordBatch, name: str) -> pa.Array:
+    if name not in batch.schema.names:
+        return pa.nulls(batch.num_rows, pa.binary())
+    column = batch.column(name)
+    return column if column.type == pa.binary() else column.cast(pa.binary())
+
+
+def _lengths(column: pa.Array) -> np.ndarray:
+    """Each element's byte length, -1 for a null (Kafka's null bytes)."""
+    return pc.binary_length(column).fill_null(-1).to_numpy().astype(np.int64)
+
+
+def _sizes(column: pa.Array) -> np.ndarray:
+    return pc.binary_length(column).to_numpy().astype(np.int64)
+
+
+def _encode_headers(headers: pa.ListArray | None, n: int) -> pa.Array:
+    """Each record's headers, encoded: a varint count, then each header's key and value."""
+    counts = (np.zeros(n, np.int64) if headers is None else
+              pc.list_value_length(headers).fill_null(0).to_numpy().astype(np.int64))
+    if not counts.any():
+        return _varint_rows(counts)
+    header_key, header_value = headers.values.flatten()
+    header_key = header_key.cast(pa.binary())
+    each = pc.binary_join_element_wise(_varint_rows(_lengths(header_key)), header_key,
+                                       _varint_rows(_lengths(header_value)), header_value, _EMPTY,
+                                       null_handling="replace")
+    per_record = pc.binary_join(pa.ListArray.from_arrays(headers.offsets, each), _EMPTY)
+    if headers.null_count:  # a null list may still span child elements: they are not its headers
+        per_record = pc.if_else(headers.is_valid(), per_record, _EMPTY)
+    return pc.binary_join_element_wise(_varint_rows(counts), per_record, _EMPTY, null_handling="replace")
+
+
+def _varint_rows(*columns: np.ndarray) -> pa.Array:
+    """A binary array whose element i is the zigzag varints (Kafka's varint / varlong) of each column's
+    value i, in turn. Built as a byte matrix, one row a record and a few columns a varint, and a mask of
+    the bytes in use, so no Python code runs per value."""
+    n = len(columns[0])
+    zigzags = [((c << 1) ^ (c >> 63)).view(np.uint64) for c in columns]
+    widths = [max(1, (int(z.max()).bit_length() + 6) // 7) if n else 1 for z in zigzags]
+    matrix = np.zeros((n, sum(widths)), np.uint8)
+    in_use = np.ones((n, sum(widths)), bool)
+    sizes = np.full(n, len(columns), np.int32)
+    column = 0
+    for zigzag, width in zip(zigzags, widths, strict=True):
+        rest = zigzag.astype(np.uint32) if width <= 4 else zigzag  # narrower arithmetic where it fits
+        for j in range(column, column + width):
+            if j > column:
+                more = in_use[:, j] = rest != 0
+                sizes += more
+            matrix[:, j] = rest & 0x7F
+            rest = rest >> 7
+            matrix[:, j] |= (rest != 0).view(np.uint8) << 7  # the continuation bit
+        column += width
+    offsets = np.zeros(n + 1, np.int32)
+    np.cumsum(sizes, out=offsets[1:])
+    return pa.Array.from_buffers(pa.binary(), n, [None, pa.py_buffer(offsets), pa.py_buffer(matrix[in_use])])

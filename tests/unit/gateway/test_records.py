@@ -99,3 +99,60 @@ def test_arbitrary_bytes_raise_only_record_errors(noise, cut):
             decode_batches(data)
         except (CorruptRecordError, InvalidRecordError):
             pass
+
+
+# Kafka header keys are non-null strings; values are nullable bytes.
+HEADERS = st.lists(st.tuples(st.text(max_size=8), st.none() | st.binary(max_size=12)), max_size=3)
+STORED_RECORDS = st.lists(st.tuples(st.none() | st.binary(max_size=40), st.none() | st.binary(max_size=300),
+                                    st.none() | HEADERS, st.integers(0, 2**50)), min_size=1, max_size=40)
+
+
+@settings(max_examples=200, deadline=None)
+@given(STORED_RECORDS, st.integers(0, 2**40), st.lists(st.integers(1, 2**20), min_size=40, max_size=40),
+       st.integers(0, 3), st.sampled_from(["none", "gzip", "snappy", "lz4", "zstd"]))
+def test_decoding_what_is_encoded_gives_the_records_back(records, base_offset, gaps, dropped, codec):
+    # A stored batch (sliced, as a fetch may hand out a part of a segment's batch), its Kafka encoding, and
+    # back: every key, value, header and timestamp, with kafka-python reading the same and the offsets.
+    padded = records[:1] * dropped + records
+    offsets = [base_offset + sum(gaps[:i]) for i in range(len(padded))]
+    table = pa.RecordBatch.from_arrays([
+        pa.array(offsets, pa.int64()), pa.array([r[3] for r in padded], pa.int64()),
+        pa.array([r[0] for r in padded], pa.binary()), pa.array([r[1] for r in padded], pa.binary()),
+        pa.array([None if r[2] is None else [{"key": k, "value": v} for k, v in r[2]] for r in padded],
+                 HEADER_TYPE)], names=["_offset", "_timestamp", "key", "value", "headers"]).slice(dropped)
+    data = encode_batch(table, leader_epoch=7, compression=codec)
+    (batch,) = decode_batches(data)
+    expected = [(k, v, [(hk, hv) for hk, hv in h or ()], ts) for k, v, h, ts in records]
+    assert [(r["key"], r["value"], [(h["key"], h["value"]) for h in r["headers"]], r["_timestamp"])
+            for r in batch.records.to_pylist()] == expected
+    assert (batch.base_offset, batch.last_offset_delta, batch.partition_leader_epoch) == (
+        offsets[dropped], offsets[-1] - offsets[dropped], 7)
+    assert (batch.base_timestamp, batch.max_timestamp) == (min(r[3] for r in records), max(r[3] for r in records))
+    theirs = DefaultRecordBatch(bytearray(data))
+    assert theirs.validate_crc()
+    assert [(r.offset, r.key, r.value, list(r.headers), r.timestamp) for r in theirs] == [
+        (o, k, v, h, ts) for o, (k, v, h, ts) in zip(offsets[dropped:], expected, strict=True)]
+
+
+def test_a_batch_without_key_or_headers_columns_encodes_null_keys_and_no_headers():
+    table = pa.RecordBatch.from_arrays([pa.array([3, 4], pa.int64()), pa.array([10, 5], pa.int64()),
+                                        pa.array([b"a", None], pa.binary())], names=["_offset", "_timestamp", "value"])
+    (batch,) = decode_batches(encode_batch(table))
+    assert batch.records.to_pylist() == [{"key": None, "value": b"a", "headers": [], "_timestamp": 10},
+                                         {"key": None, "value": None, "headers": [], "_timestamp": 5}]
+    with pytest.raises(ValueError, match="at least one record"):
+        encode_batch(table.slice(0, 0))
+
+
+def test_a_null_header_list_is_no_headers_even_where_it_spans_child_elements():
+    # Arrow lets a null list slot cover child values; they are not that record's headers.
+    children = pa.array([{"key": "a", "value": b"1"}, {"key": "b", "value": b"2"}, {"key": "c", "value": None}],
+                        HEADER_TYPE.value_type)
+    headers = pa.ListArray.from_arrays(pa.array([0, 1, 2, 3], pa.int32()), children,
+                                       mask=pa.array([False, True, False]))
+    table = pa.RecordBatch.from_arrays([pa.array([0, 1, 2], pa.int64()), pa.array([1, 1, 1], pa.int64()),
+                                        pa.array([b"x", b"y", b"z"]), headers],
+                                       names=["_offset", "_timestamp", "value", "headers"])
+    (batch,) = decode_batches(encode_batch(table))
+    assert [r["headers"] for r in batch.records.to_pylist()] == [
+        [{"key": "a", "value": b"1"}], [], [{"key": "c", "value": None}]]
