@@ -59,6 +59,8 @@ from raystream.actors.replication_control import ReplicationControl
 from raystream.actors.transactions import DEFAULT_TRANSACTION_TIMEOUT_MS, TransactionCoordinator
 from raystream.clock import now_ms
 from raystream.config import BrokerConfig, TopicConfig
+from raystream.core.assignors import Subscription
+from raystream.core.group_results import ClassicJoinResult
 from raystream.core.metadata import ClusterMetadata
 from raystream.protocol import (
     BrokerInfo,
@@ -220,11 +222,22 @@ class Controller:
         return await self.groups.join_group(group_id, member_id, group_instance_id, client_id, protocols, topics,
                                             owned, owned_generation, session_timeout_ms, rebalance_timeout_ms)
 
+    async def join_group_classic(self, group_id: str, member_id: str | None, group_instance_id: str | None,
+                                 client_id: str, protocols: list[str], subscription: Subscription,
+                                 session_timeout_ms: int, rebalance_timeout_ms: int) -> ClassicJoinResult:
+        return await self.groups.join_group_classic(group_id, member_id, group_instance_id, client_id, protocols,
+                                                    subscription, session_timeout_ms, rebalance_timeout_ms)
+
+    async def sync_group_classic(self, group_id: str, member_id: str, generation_id: int,
+                                 assignments: dict[str, list[TopicPartition]] | None = None
+                                 ) -> tuple[TopicPartition, ...]:
+        return await self.groups.sync_group_classic(group_id, member_id, generation_id, assignments)
+
     async def heartbeat_group(self, group_id: str, member_id: str, generation_id: int, wait_ms: int = 0) -> bool:
         return await self.groups.heartbeat_group(group_id, member_id, generation_id, wait_ms)
 
-    async def leave_group(self, group_id: str, member_id: str) -> None:
-        await self.groups.leave_group(group_id, member_id)
+    async def leave_group(self, group_id: str, member_id: str, group_instance_id: str | None = None) -> None:
+        await self.groups.leave_group(group_id, member_id, group_instance_id)
 
     async def commit_offsets(self, group_id: str, member_id: str, generation_id: int,
                              offsets: dict[TopicPartition, tuple[int, str]]) -> None:

@@ -32,7 +32,7 @@ from raystream.clock import now_ms as _now_ms
 from raystream.config import BrokerConfig
 from raystream.core.assignors import Subscription
 from raystream.core.group import GroupMetadata, GroupState
-from raystream.core.group_results import JoinCompletion
+from raystream.core.group_results import ClassicJoinResult, JoinCompletion, JoinResult
 from raystream.core.lag import consumer_lag
 from raystream.core.metadata import ClusterMetadata
 from raystream.errors import GroupIdNotFoundError, GroupNotEmptyError, UnknownMemberIdError
@@ -68,6 +68,7 @@ class GroupCoordinator:
         self._join_waiters: dict[str, dict[str, asyncio.Future]] = {}
         self._empty_since_ms: dict[str, int] = {}
         self._rebalancing: dict[str, asyncio.Event] = {}  # set while a group's join phase runs
+        self._sync_waiters: dict[str, list[asyncio.Future]] = {}  # classic syncs waiting for the leader's
         self._offsets = CompactedMap(root / OFFSETS_DIR, clock=_now_ms)
         # Each group's last generation id (Kafka keeps it in its GroupMetadata records of __consumer_offsets):
         # a restarted coordinator continues from it, so no generation id is ever handed out twice.
@@ -117,26 +118,71 @@ class GroupCoordinator:
                          client_id: str, protocols: list[str], topics: list[str], owned: list[TopicPartition],
                          owned_generation: int, session_timeout_ms: int, rebalance_timeout_ms: int) -> JoinGroupResult:
         """JoinGroup + SyncGroup in one call (see :class:`~raystream.protocol.JoinGroupResult`)."""
-        group = self._group(group_id, create=True)
-        group.update_topic_partitions(self._partition_counts(), _now_ms())
         subscription = Subscription(sorted(set(topics)), list(owned), owned_generation, group_instance_id)
-        result = group.join(member_id, group_instance_id, protocols, subscription,
-                            session_timeout_ms=session_timeout_ms, rebalance_timeout_ms=rebalance_timeout_ms,
-                            now_ms=_now_ms(), client_id=client_id)
-        generation = result.generation_id
-        if result.awaiting:
-            waiter = asyncio.get_running_loop().create_future()
-            old = self._join_waiters.setdefault(group_id, {}).pop(result.member_id, None)
-            if old is not None and not old.done():
-                old.set_exception(UnknownMemberIdError(f"member {result.member_id} joined again"))
-            self._join_waiters[group_id][result.member_id] = waiter
-            self._tick_group(group)
-            completion: JoinCompletion = await asyncio.wait_for(waiter, rebalance_timeout_ms / 1000 + 30)
-            generation = completion.generation_id
+        group, result, completion = await self._join(group_id, member_id, group_instance_id, client_id, protocols,
+                                                     subscription, session_timeout_ms, rebalance_timeout_ms)
+        generation = result.generation_id if completion is None else completion.generation_id
         sync = group.sync(result.member_id, generation, now_ms=_now_ms())
         self._tick_group(group)
         return JoinGroupResult(result.member_id, sync.generation_id, sync.protocol, tuple(sync.assignment or ()),
                                tuple(sync.revoked), sync.rejoin)
+
+    async def join_group_classic(self, group_id: str, member_id: str | None, group_instance_id: str | None,
+                                 client_id: str, protocols: list[str], subscription: Subscription,
+                                 session_timeout_ms: int, rebalance_timeout_ms: int) -> ClassicJoinResult:
+        """Kafka's JoinGroup alone (the member sends :meth:`sync_group_classic` next), for Kafka clients of
+        the gateway. They share the group rules with the Python handles: a group whose protocol is one of
+        raystream's assignors is assigned here, for every member; another protocol (a Kafka client's own
+        assignor) is assigned by the leader, which gets every member's subscription."""
+        group, result, completion = await self._join(group_id, member_id, group_instance_id, client_id, protocols,
+                                                     subscription, session_timeout_ms, rebalance_timeout_ms)
+        generation = result.generation_id if completion is None else completion.generation_id
+        server = group.server_assignment
+        leader = None if server else group.leader_id
+        members = () if leader != result.member_id else tuple(
+            (m.member_id, m.group_instance_id, m.subscription) for m in group.members.values())
+        return ClassicJoinResult(result.member_id, generation, group.protocol, leader, server, members)
+
+    async def sync_group_classic(self, group_id: str, member_id: str, generation_id: int,
+                                 assignments: dict[str, list[TopicPartition]] | None = None
+                                 ) -> tuple[TopicPartition, ...]:
+        """Kafka's SyncGroup: the member's partitions in ``generation_id``. ``assignments``: the leader's, in
+        a group the leader assigns (ignored otherwise). A follower's sync waits for the leader's, as in
+        Kafka; a rebalance meanwhile raises RebalanceInProgressError (the member rejoins)."""
+        group = self._group(group_id)
+        if group is None:
+            raise UnknownMemberIdError(f"unknown group {group_id!r} (the coordinator restarted?)",
+                                       group_id=group_id, member_id=member_id)
+        timeout_s = max((m.rebalance_timeout_ms for m in group.members.values()), default=0) / 1000 + 30
+        deadline = time.monotonic() + timeout_s
+        while True:
+            sync = group.sync(member_id, generation_id, assignments, now_ms=_now_ms())
+            self._tick_group(group)
+            if sync.assignment is not None:
+                return tuple(sync.assignment)
+            waiter = asyncio.get_running_loop().create_future()
+            self._sync_waiters.setdefault(group_id, []).append(waiter)
+            await asyncio.wait_for(waiter, max(0.0, deadline - time.monotonic()))
+
+    async def _join(self, group_id: str, member_id: str | None, group_instance_id: str | None, client_id: str,
+                    protocols: list[str], subscription: Subscription, session_timeout_ms: int,
+                    rebalance_timeout_ms: int) -> tuple[GroupMetadata, JoinResult, JoinCompletion | None]:
+        """Join and, while the join phase runs, wait for its completion (None: answered at once)."""
+        group = self._group(group_id, create=True)
+        group.update_topic_partitions(self._partition_counts(), _now_ms())
+        result = group.join(member_id, group_instance_id, protocols, subscription,
+                            session_timeout_ms=session_timeout_ms, rebalance_timeout_ms=rebalance_timeout_ms,
+                            now_ms=_now_ms(), client_id=client_id)
+        if not result.awaiting:
+            return group, result, None
+        waiter = asyncio.get_running_loop().create_future()
+        old = self._join_waiters.setdefault(group_id, {}).pop(result.member_id, None)
+        if old is not None and not old.done():
+            old.set_exception(UnknownMemberIdError(f"member {result.member_id} joined again"))
+        self._join_waiters[group_id][result.member_id] = waiter
+        self._tick_group(group)
+        completion: JoinCompletion = await asyncio.wait_for(waiter, rebalance_timeout_ms / 1000 + 30)
+        return group, result, completion
 
     async def heartbeat_group(self, group_id: str, member_id: str, generation_id: int, wait_ms: int = 0) -> bool:
         """True: a rebalance is in progress, the member must rejoin. ``wait_ms``: a long-poll heartbeat —
@@ -160,8 +206,12 @@ class GroupCoordinator:
         # that died during the hold expires on time.
         return group.state is GroupState.PREPARING_REBALANCE
 
-    async def leave_group(self, group_id: str, member_id: str) -> None:
+    async def leave_group(self, group_id: str, member_id: str, group_instance_id: str | None = None) -> None:
+        """LeaveGroup; a static member may leave by its ``group_instance_id`` alone (``member_id`` "")."""
         group = self._group(group_id)
+        if group is not None and not member_id and group_instance_id is not None:
+            member_id = next((m.member_id for m in group.members.values()
+                              if m.group_instance_id == group_instance_id), "")
         if group is not None and member_id in group.members:
             group.leave(member_id, _now_ms())
             self._tick_group(group)
@@ -185,6 +235,10 @@ class GroupCoordinator:
             self._empty_since_ms.setdefault(group.group_id, _now_ms())
         else:
             self._empty_since_ms.pop(group.group_id, None)
+        if group.state is not GroupState.COMPLETING_REBALANCE:  # assigned, or rebalancing: syncs try again
+            for waiter in self._sync_waiters.pop(group.group_id, []):
+                if not waiter.done():
+                    waiter.set_result(None)
         event = self._rebalancing.get(group.group_id)
         if group.state is GroupState.PREPARING_REBALANCE:
             self._rebalancing.setdefault(group.group_id, asyncio.Event()).set()

@@ -16,8 +16,9 @@ is dropped whenever a call through it fails, so the next call looks the actor up
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from typing import Any
 
 import pyarrow as pa
@@ -129,8 +130,9 @@ class RayTransport(BaseTransport):
         producer_id, producer_epoch = self._call("init_producer_id", *args, timeout_s=timeout_s)
         return int(producer_id), int(producer_epoch)
 
-    _GROUP_METHODS = frozenset({"join_group", "heartbeat_group", "leave_group", "commit_offsets", "fetch_offsets",
-                                "list_groups", "describe_group_state", "reset_group_offsets", "delete_group"})
+    _GROUP_METHODS = frozenset({"join_group", "join_group_classic", "sync_group_classic", "heartbeat_group",
+                                "leave_group", "commit_offsets", "fetch_offsets", "list_groups",
+                                "describe_group_state", "reset_group_offsets", "delete_group"})
 
     _TXN_METHODS = frozenset({"init_transactions", "add_partitions_to_txn", "add_offsets_to_txn", "end_txn"})
 
@@ -218,12 +220,15 @@ def _as_future(call, what: str, on_error=None) -> Future:
 
     def resolve(done: Future) -> None:
         exc = done.exception()
-        if exc is None:
-            out.set_result(done.result())
-            return
-        if on_error is not None:
+        if exc is not None and on_error is not None:
             on_error()
-        out.set_exception(map_ray_error(exc, what))
+        # The caller may have cancelled ``out`` meanwhile (asyncio.wrap_future does when a gateway request is
+        # abandoned): then nobody hears the answer.
+        with contextlib.suppress(InvalidStateError):
+            if exc is None:
+                out.set_result(done.result())
+            else:
+                out.set_exception(map_ray_error(exc, what))
 
     ray_future.add_done_callback(resolve)
     return out

@@ -67,6 +67,9 @@ class Subscription:
     generation_id: int = NO_GENERATION  # of owned_partitions; NO_GENERATION when not reported
     group_instance_id: str | None = None
     user_data: bytes | None = None
+    #: A Kafka client's JoinGroup metadata bytes per protocol, verbatim: what a Kafka leader reads of its
+    #: members in a group it assigns (empty for raystream's own consumers).
+    protocol_metadata: tuple[tuple[str, bytes], ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)

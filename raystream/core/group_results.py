@@ -117,3 +117,19 @@ class GroupSnapshot:
     protocol: str | None
     leader_id: str | None
     members: tuple[MemberSnapshot, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassicJoinResult:
+    """The coordinator's answer to a JoinGroup of Kafka's classic protocol, for clients that send SyncGroup
+    separately (the gateway's Kafka clients). ``leader_id``: the member that computes the assignment; it is
+    None when the coordinator assigns (``server_assignment``: its protocol is one of raystream's assignors),
+    and then every member is a follower. ``members``: (member id, group instance id, subscription) of every
+    member, for the leader of a group the leader assigns; empty otherwise."""
+
+    member_id: str
+    generation_id: int
+    protocol: str | None
+    leader_id: str | None
+    server_assignment: bool
+    members: tuple[tuple[str, str | None, Subscription], ...] = ()

@@ -4,8 +4,7 @@ The gateway is every group's coordinator (it is the cluster's only broker to Kaf
 to raystream's group coordinator, so offsets committed by Kafka clients and by raystream's own consumers
 are the same offsets. Commits outside a generation (generation -1, member ""), which Kafka clients send for
 manually assigned partitions with a group id, are accepted while the group has no members, as Kafka
-does. Group membership (JoinGroup, SyncGroup, Heartbeat, LeaveGroup) is not served yet, so Kafka consumers
-use ``assign`` with a group id, not ``subscribe``.
+does. Group membership is :mod:`raystream.gateway.membership_apis`.
 
 Concurrency: coroutines on the gateway's event loop; coordinator calls run in threads.
 """

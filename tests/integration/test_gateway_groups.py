@@ -1,0 +1,174 @@
+"""Kafka clients in raystream's consumer groups through the gateway: kafka-python, confluent-kafka and a
+raystream Consumer share one group (the coordinator assigns with the protocol they have in common), and a
+group of Kafka clients with their own assignor gets the leader's assignment, as in Kafka."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pyarrow as pa
+import pytest
+from confluent_kafka import Consumer as ConfluentConsumer
+from gateway_runner import RunningGateway
+from kafka import KafkaConsumer
+from kafka.coordinator.assignors.abstract import (
+    AbstractPartitionAssignor,
+    ConsumerProtocolAssignment,
+    ConsumerProtocolSubscription,
+)
+
+import raystream as rs
+from raystream.client import context
+
+pytestmark = pytest.mark.integration
+PARTITIONS = 6
+
+
+@pytest.fixture
+def gateway(cluster):
+    running = RunningGateway(context.get_current())
+    yield running
+    running.close()
+
+
+def _produce(topic: str, count: int) -> set[bytes]:
+    rs.Admin().create_topic(topic, partitions=PARTITIONS, replication_factor=1)
+    values = [b"v%d" % i for i in range(count)]
+    with rs.Producer(acks="all") as producer:
+        for p in range(PARTITIONS):
+            producer.send_batch(topic, pa.table({"value": values[p::PARTITIONS]}), partition=p).result(30)
+    return set(values)
+
+
+class _Polling:
+    """A Kafka consumer polled on a thread of its own (as an application would), recording what it reads
+    and its assignment after each poll (Kafka consumers are not thread-safe: only that thread calls them)."""
+
+    def __init__(self, poll, assignment, close) -> None:
+        self.values: list[bytes] = []
+        self.errors: list[BaseException] = []
+        self.owned: frozenset[tuple[str, int]] = frozenset()
+        self._poll, self._assignment, self._close = poll, assignment, close
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                self.values.extend(self._poll())
+                self.owned = frozenset((tp.topic, tp.partition) for tp in self._assignment())
+        except BaseException as exc:  # reported by the test
+            self.errors.append(exc)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(30)
+        self._close()
+
+
+def _kafka_python(gateway, group: str, topic: str, **options) -> _Polling:
+    consumer = KafkaConsumer(topic, bootstrap_servers=gateway.bootstrap, group_id=group, client_id="kafka-python",
+                             auto_offset_reset="earliest", session_timeout_ms=10_000, heartbeat_interval_ms=500,
+                             **options)
+    return _Polling(lambda: [m.value for ms in consumer.poll(timeout_ms=200).values() for m in ms],
+                    consumer.assignment, consumer.close)
+
+
+def _librdkafka(gateway, group: str, topic: str) -> _Polling:
+    consumer = ConfluentConsumer({"bootstrap.servers": gateway.bootstrap, "group.id": group,
+                                  "client.id": "librdkafka", "auto.offset.reset": "earliest",
+                                  "session.timeout.ms": 10_000, "heartbeat.interval.ms": 500})
+    consumer.subscribe([topic])
+
+    def poll() -> list[bytes]:
+        message = consumer.poll(0.2)
+        if message is None:
+            return []
+        if message.error() is not None:
+            raise RuntimeError(str(message.error()))
+        return [message.value()]
+
+    return _Polling(poll, consumer.assignment, consumer.close)
+
+
+def test_kafka_clients_and_a_raystream_consumer_share_one_group(gateway, topic_name, wait_for):
+    produced = _produce(topic_name, 120)
+    group = f"mixed-{topic_name}"
+    kafka_python = _kafka_python(gateway, group, topic_name)
+    librdkafka = _librdkafka(gateway, group, topic_name)
+    members = [kafka_python, librdkafka]
+    ours_values: list[bytes] = []
+    try:
+        with rs.Consumer(group_id=group, client_id="raystream", auto_offset_reset="earliest",
+                         session_timeout_ms=10_000) as ours:
+            ours.subscribe([topic_name])
+
+            def settled() -> bool:
+                ours_values.extend(r.value for r in ours.poll(timeout=0.2))
+                owned = [m.owned for m in members] + [
+                    {(tp.topic, tp.partition) for tp in ours.assignment()}]
+                every = [tp for o in owned for tp in o]
+                return (all(owned) and len(every) == PARTITIONS and len(set(every)) == PARTITIONS
+                        and produced <= set(ours_values) | {v for m in members for v in m.values})
+
+            wait_for(settled, timeout_s=90, message="three kinds of member split the partitions and read it all")
+            assert [m.errors for m in members] == [[], []]
+            described = rs.Admin().describe_group(group)
+            assert described.state == "Stable"
+            assert sorted(m["client_id"] for m in described.members) == ["kafka-python", "librdkafka", "raystream"]
+            # range, the only assignor all three support: two partitions each.
+            assert sorted(len(m["assignment"]) for m in described.members) == [2, 2, 2]
+    finally:
+        for member in members:
+            member.stop()
+
+
+class _AllToFirstAssignor(AbstractPartitionAssignor):
+    """A client-side assignor raystream does not know: every partition to the member whose id sorts first."""
+
+    name = "all-to-first"
+    version = 0
+
+    @classmethod
+    def assign(cls, cluster, members):
+        ids = sorted(m.member_id for m in members)
+        topics = sorted({t for m in members for t in m.metadata.topics})
+        everything = [(t, sorted(cluster.partitions_for_topic(t))) for t in topics]
+        return {member_id: ConsumerProtocolAssignment(cls.version, everything if member_id == ids[0] else [], b"")
+                for member_id in ids}
+
+    @classmethod
+    def metadata(cls, topics):
+        return ConsumerProtocolSubscription(cls.version, list(topics), b"")
+
+    @classmethod
+    def on_assignment(cls, assignment, generation):
+        pass
+
+
+def test_a_kafka_leader_assigns_with_its_own_assignor(gateway, topic_name, wait_for):
+    produced = _produce(topic_name, 60)
+    group = f"custom-{topic_name}"
+    members = [_kafka_python(gateway, group, topic_name, partition_assignment_strategy=[_AllToFirstAssignor])
+               for _ in range(2)]
+    try:
+        def settled() -> bool:
+            owned = sorted((m.owned for m in members), key=len)
+            return (owned[0] == set() and len(owned[1]) == PARTITIONS
+                    and produced <= {v for m in members for v in m.values})
+
+        wait_for(settled, timeout_s=90, message="the leader's assignment: everything to one member")
+        described = rs.Admin().describe_group(group)
+        assert described.state == "Stable" and len(described.members) == 2
+        assert sorted(len(m["assignment"]) for m in described.members) == [0, PARTITIONS]
+        with rs.Consumer(group_id=group, session_timeout_ms=10_000) as ours:  # it knows no such assignor
+            ours.subscribe([topic_name])
+            deadline = time.monotonic() + 30
+            with pytest.raises(rs.errors.InconsistentGroupProtocolError):
+                while time.monotonic() < deadline:
+                    ours.poll(timeout=0.2)
+    finally:
+        for member in members:
+            member.stop()
