@@ -242,6 +242,7 @@ class FetchResult:
     next_offset: int
     bytes: int = 0
     batches_skipped: int = 0  # batches a row filter's statistics check skipped without reading them
+    last_stable_offset: int = -1  # Kafka's LSO when the fetch was answered (-1: not reported)
 
 
 def replica_actor_name(cluster: str, topic: str, partition: int, broker_id: int) -> str:

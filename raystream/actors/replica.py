@@ -332,7 +332,7 @@ class PartitionReplica(ReplicationMixin):
         # this coroutine returns. Only a follower truncates its log, and fetch is served by leaders, so the
         # views stay valid (a demotion racing this return is the one window; see storage.segment).
         return FetchResult(batches, hw, self.log.log_start_offset, self.log.log_end_offset, position, size,
-                           skipped)
+                           skipped, self.last_stable_offset())
 
     def last_stable_offset(self) -> int:
         """Kafka's LSO: the high watermark, or the first offset of the oldest open transaction if lower."""

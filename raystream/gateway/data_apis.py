@@ -7,13 +7,14 @@ read from its leader (a long-poll of ``max_wait`` when nothing is there yet), an
 back as one Kafka batch; ``max_bytes``/``partition_max_bytes`` bound the data as Kafka's do (at least one
 batch per partition). ListOffsets: earliest (-2), latest (-1) or by timestamp.
 
-Idempotent producers: InitProducerId hands out a raystream producer id, and a batch's producer id,
-epoch and base sequence go to the leader with the append, which deduplicates retries and refuses
-out-of-order sequences as raystream's own idempotent producers get.
+Idempotent producers: InitProducerId (:mod:`~raystream.gateway.txn_apis`) hands out a raystream producer
+id, and a batch's producer id, epoch and base sequence go to the leader with the append, which deduplicates
+retries and refuses out-of-order sequences as raystream's own idempotent producers get.
 
-Not yet mapped (answered with an error code rather than a wrong result): transactional produce (refused
-with INVALID_RECORD), read_committed fetches return what read_uncommitted returns without the
-aborted-transaction list, and Arrow-native (schema) topics are refused with INVALID_RECORD.
+Transactional producers' batches are appended as transactional (the partition's open transaction until
+the coordinator's marker); read_committed fetches get only committed data, below the last stable offset
+(:func:`_fetch_partition`). Arrow-native (schema) topics are refused with INVALID_RECORD: no mapping of
+Kafka values to a schema is defined.
 
 Concurrency: coroutines on the gateway's event loop; metadata lookups run in threads, produce and fetch
 are awaited futures of the client transport.
@@ -57,9 +58,17 @@ from raystream.errors import (
     UnknownMemberIdError,
     UnknownTopicOrPartitionError,
 )
+from raystream.gateway.control_records import encode_control_batch
 from raystream.gateway.framing import Request
-from raystream.gateway.records import TRANSACTIONAL, UnsupportedCompressionError, decode_batches, encode_batch
+from raystream.gateway.records import (
+    CONTROL,
+    TRANSACTIONAL,
+    UnsupportedCompressionError,
+    decode_batches,
+    encode_batch,
+)
 from raystream.protocol import TopicMetadata, TopicPartition
+from raystream.record import OFFSET_COLUMN
 
 _ERROR_CODES: list[tuple[type[BaseException], ErrorCode]] = [
     (UnsupportedCompressionError, ErrorCode.unsupported_compression_type),
@@ -155,11 +164,12 @@ async def _produce_partition(ctx: Any, topic: str, partition: int, records: byte
             raise InvalidRecordError(f"topic {topic!r} is Arrow-native (has a schema): the gateway maps no "
                                      f"Kafka records to it yet")
         batches = decode_batches(records or b"")
-        if any(b.attributes & TRANSACTIONAL for b in batches):
-            raise InvalidRecordError("transactional Kafka producers are not served by the gateway yet")
+        if any(b.attributes & CONTROL for b in batches):
+            raise InvalidRecordError("clients do not write control batches: only transaction coordinators do")
         if batches:
             first_batch = batches[0]
-            if any((b.producer_id, b.producer_epoch) != (first_batch.producer_id, first_batch.producer_epoch)
+            if any((b.producer_id, b.producer_epoch, b.attributes & TRANSACTIONAL) != (
+                    first_batch.producer_id, first_batch.producer_epoch, first_batch.attributes & TRANSACTIONAL)
                    for b in batches):
                 raise InvalidRecordError("one partition's batches in a request come from different producers")
             # One append for the partition's whole request: it lands entirely or not at all, as in Kafka;
@@ -169,7 +179,8 @@ async def _produce_partition(ctx: Any, topic: str, partition: int, records: byte
             result = await asyncio.wrap_future(ctx.transport.produce(
                 TopicPartition(topic, partition), leader, data, acks, timeout_ms, leader_epoch=epoch,
                 producer_id=first_batch.producer_id, producer_epoch=first_batch.producer_epoch,
-                base_sequence=first_batch.base_sequence if first_batch.producer_id >= 0 else -1))
+                base_sequence=first_batch.base_sequence if first_batch.producer_id >= 0 else -1,
+                transactional=bool(first_batch.attributes & TRANSACTIONAL)))
             out.update(base_offset=result.base_offset, log_append_time=result.log_append_time,
                        log_start_offset=result.log_start_offset)
     except Exception as exc:  # one partition's failure is that partition's error code
@@ -182,11 +193,13 @@ async def fetch(request: Request, ctx: Any) -> Mapping[str, Any]:
     body = request.body
     max_wait_ms = int(body.max_wait.total_seconds() * 1000)
     budget = int(getattr(body, "max_bytes", 2_147_483_647))  # the response's bytes, spent topic by topic
+    read_committed = int(getattr(body, "isolation_level", 0)) == 1
     responses = []
     for topic in body.topics:
         partitions = await asyncio.gather(*[
             _fetch_partition(ctx, topic.topic, p.partition, p.fetch_offset,
-                             min(int(p.partition_max_bytes), budget), max_wait_ms, int(body.min_bytes))
+                             min(int(p.partition_max_bytes), budget), max_wait_ms, int(body.min_bytes),
+                             read_committed)
             for p in topic.partitions])
         budget = max(1, budget - sum(len(p["records"] or b"") for p in partitions))
         responses.append({"topic": topic.topic, "partitions": partitions})
@@ -194,9 +207,11 @@ async def fetch(request: Request, ctx: Any) -> Mapping[str, Any]:
 
 
 async def _fetch_partition(ctx: Any, topic: str, partition: int, offset: int, max_bytes: int, max_wait_ms: int,
-                           min_bytes: int) -> Mapping[str, Any]:
+                           min_bytes: int, read_committed: bool = False) -> Mapping[str, Any]:
+    """One partition of a Fetch. read_committed: the leader leaves out aborted transactions' batches and
+    stops at the last stable offset, so the answer lists no aborted transactions (there are none in it)."""
     out: dict[str, Any] = {"partition_index": partition, "error_code": ErrorCode.none, "high_watermark": -1,
-                           "last_stable_offset": -1, "log_start_offset": -1, "aborted_transactions": None,
+                           "last_stable_offset": -1, "log_start_offset": -1, "aborted_transactions": [],
                            "records": b""}
     try:
         meta, leader, epoch = await _leader(ctx, topic, partition)
@@ -205,12 +220,17 @@ async def _fetch_partition(ctx: Any, topic: str, partition: int, offset: int, ma
                                      f"Kafka records to it yet")
         result = await asyncio.wrap_future(ctx.transport.fetch(
             TopicPartition(topic, partition), leader, offset, max(1, max_bytes), max_wait_ms, max(1, min_bytes),
-            leader_epoch=epoch))
+            leader_epoch=epoch, read_committed=read_committed))
         data = bytearray()
+        after_last = offset  # where the client fetches next after what this answer holds
         for batch in result.batches:
             if batch.num_rows:
                 data += encode_batch(batch, epoch)
-        out.update(high_watermark=result.high_watermark, last_stable_offset=result.high_watermark,
+                after_last = int(batch.column(OFFSET_COLUMN)[-1].as_py()) + 1
+        if result.next_offset > after_last:  # skipped markers or aborted batches: step the client over them
+            data += encode_control_batch(result.next_offset - 1, epoch)
+        lso = result.last_stable_offset if result.last_stable_offset >= 0 else result.high_watermark
+        out.update(high_watermark=result.high_watermark, last_stable_offset=lso,
                    log_start_offset=result.log_start_offset, records=bytes(data))
     except Exception as exc:  # one partition's failure is that partition's error code
         await _forget_on_stale(ctx, topic, exc)
@@ -244,23 +264,9 @@ async def _list_offset(ctx: Any, topic: str, partition: int, timestamp: int,
     return out
 
 
-async def init_producer_id(request: Request, ctx: Any) -> Mapping[str, Any]:
-    """An idempotent producer's id and epoch (a transactional id is refused: transactions are not served)."""
-    if request.body.transactional_id is not None:
-        return {"throttle_time": 0, "error_code": ErrorCode.transactional_id_authorization_failed,
-                "producer_id": -1, "producer_epoch": -1}
-    try:
-        producer_id, producer_epoch = await asyncio.to_thread(ctx.transport.init_producer_id)
-    except Exception as exc:  # answered as Kafka's error code
-        return {"throttle_time": 0, "error_code": error_code(exc), "producer_id": -1, "producer_epoch": -1}
-    return {"throttle_time": 0, "error_code": ErrorCode.none, "producer_id": producer_id,
-            "producer_epoch": producer_epoch}
-
-
 #: Kafka API key -> (min version, max version, handler) served by this module.
 HANDLERS = {
     0: (3, 9, produce),  # Produce
     1: (4, 12, fetch),  # Fetch
     2: (1, 7, list_offsets),  # ListOffsets
-    22: (0, 4, init_producer_id),  # InitProducerId
 }

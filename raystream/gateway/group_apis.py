@@ -21,14 +21,10 @@ from raystream.gateway.data_apis import error_code
 from raystream.gateway.framing import Request
 from raystream.protocol import TopicPartition
 
-GROUP_KEY_TYPE = 0  # FindCoordinator's key type for consumer groups (1: transactional ids)
-
 
 async def find_coordinator(request: Request, ctx: Any) -> Mapping[str, Any]:
-    if int(getattr(request.body, "key_type", GROUP_KEY_TYPE)) != GROUP_KEY_TYPE:
-        return {"throttle_time": 0, "error_code": ErrorCode.coordinator_not_available,
-                "error_message": "transactions are not served by the gateway yet", "node_id": -1,
-                "host": "", "port": -1}
+    """The coordinator of a group (key type 0) or a transactional id (1): this gateway, which forwards to
+    raystream's group and transaction coordinators in the controller."""
     return {"throttle_time": 0, "error_code": ErrorCode.none, "error_message": None, "node_id": ctx.node_id,
             "host": ctx.host, "port": ctx.port}
 
