@@ -1,14 +1,16 @@
-"""Kafka clients in raystream's consumer groups through the gateway: kafka-python, confluent-kafka and a
-raystream Consumer share one group (the coordinator assigns with the protocol they have in common), and a
+"""Kafka clients in raystream's consumer groups through the gateway: kafka-python, confluent-kafka, aiokafka
+and a raystream Consumer share one group (the coordinator assigns with the protocol they have in common), and a
 group of Kafka clients with their own assignor gets the leader's assignment, as in Kafka."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 
 import pyarrow as pa
 import pytest
+from aiokafka import AIOKafkaConsumer
 from confluent_kafka import Consumer as ConfluentConsumer
 from gateway_runner import RunningGateway
 from kafka import KafkaConsumer
@@ -93,16 +95,41 @@ def _librdkafka(gateway, group: str, topic: str) -> _Polling:
     return _Polling(poll, consumer.assignment, consumer.close)
 
 
+class _AsyncPolling(_Polling):
+    """aiokafka's consumer, run on an event loop in a thread of its own."""
+
+    def __init__(self, gateway, group: str, topic: str) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.consumer = self.loop.run_until_complete(self._start(gateway, group, topic))
+        super().__init__(self._poll_once, self.consumer.assignment,
+                         lambda: self.loop.run_until_complete(self.consumer.stop()))
+
+    @staticmethod
+    async def _start(gateway, group: str, topic: str) -> AIOKafkaConsumer:
+        consumer = AIOKafkaConsumer(topic, bootstrap_servers=gateway.bootstrap, group_id=group,
+                                    client_id="aiokafka", auto_offset_reset="earliest",
+                                    session_timeout_ms=10_000, heartbeat_interval_ms=500)
+        await consumer.start()
+        return consumer
+
+    def _poll_once(self) -> list[bytes]:
+        batches = self.loop.run_until_complete(self.consumer.getmany(timeout_ms=200))
+        return [m.value for ms in batches.values() for m in ms]
+
+    def stop(self) -> None:
+        super().stop()
+        self.loop.close()
+
+
 def test_kafka_clients_and_a_raystream_consumer_share_one_group(gateway, topic_name, wait_for):
     produced = _produce(topic_name, 120)
     group = f"mixed-{topic_name}"
-    kafka_python = _kafka_python(gateway, group, topic_name)
-    librdkafka = _librdkafka(gateway, group, topic_name)
-    members = [kafka_python, librdkafka]
+    members = [_kafka_python(gateway, group, topic_name), _librdkafka(gateway, group, topic_name),
+               _AsyncPolling(gateway, group, topic_name)]
     ours_values: list[bytes] = []
     try:
         with rs.Consumer(group_id=group, client_id="raystream", auto_offset_reset="earliest",
-                         session_timeout_ms=10_000) as ours:
+                         session_timeout_ms=10_000, partition_assignment_strategy=["range", "roundrobin"]) as ours:
             ours.subscribe([topic_name])
 
             def settled() -> bool:
@@ -113,13 +140,14 @@ def test_kafka_clients_and_a_raystream_consumer_share_one_group(gateway, topic_n
                 return (all(owned) and len(every) == PARTITIONS and len(set(every)) == PARTITIONS
                         and produced <= set(ours_values) | {v for m in members for v in m.values})
 
-            wait_for(settled, timeout_s=90, message="three kinds of member split the partitions and read it all")
-            assert [m.errors for m in members] == [[], []]
+            wait_for(settled, timeout_s=90, message="four kinds of member split the partitions and read it all")
+            assert [m.errors for m in members] == [[], [], []]
             described = rs.Admin().describe_group(group)
             assert described.state == "Stable"
-            assert sorted(m["client_id"] for m in described.members) == ["kafka-python", "librdkafka", "raystream"]
-            # range, the only assignor all three support: two partitions each.
-            assert sorted(len(m["assignment"]) for m in described.members) == [2, 2, 2]
+            assert sorted(m["client_id"] for m in described.members) == [
+                "aiokafka", "kafka-python", "librdkafka", "raystream"]
+            # roundrobin, the one assignor the four have in common (aiokafka's only default).
+            assert sorted(len(m["assignment"]) for m in described.members) == [1, 1, 2, 2]
     finally:
         for member in members:
             member.stop()

@@ -3,8 +3,7 @@ cluster: metadata, produce (acks 0/1/all, idempotent, gzip), consume with manual
 seeks, offset look-ups, a long poll woken by a later record) and group offsets committed for assigned
 partitions.
 
-Group membership (``subscribe``: JoinGroup, SyncGroup, Heartbeat, LeaveGroup) is not tested here: the
-gateway does not serve it yet.
+Group membership (``subscribe``) needs the real group coordinator: tests/integration/test_gateway_groups.py.
 """
 
 from __future__ import annotations
