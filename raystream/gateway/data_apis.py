@@ -13,8 +13,8 @@ retries and refuses out-of-order sequences as raystream's own idempotent produce
 
 Transactional producers' batches are appended as transactional (the partition's open transaction until
 the coordinator's marker); read_committed fetches get only committed data, below the last stable offset
-(:func:`_fetch_partition`). Arrow-native (schema) topics are refused with INVALID_RECORD: no mapping of
-Kafka values to a schema is defined.
+(:func:`_fetch_partition`). Arrow-native (schema) topics take and give each row as a JSON object value
+(:mod:`~raystream.gateway.json_values`).
 
 Concurrency: coroutines on the gateway's event loop; metadata lookups run in threads, produce and fetch
 are awaited futures of the client transport.
@@ -60,6 +60,7 @@ from raystream.errors import (
 )
 from raystream.gateway.control_records import encode_control_batch
 from raystream.gateway.framing import Request
+from raystream.gateway.json_values import records_from_rows, rows_from_records
 from raystream.gateway.records import (
     CONTROL,
     TRANSACTIONAL,
@@ -160,9 +161,6 @@ async def _produce_partition(ctx: Any, topic: str, partition: int, records: byte
                            "error_message": None}
     try:
         meta, leader, epoch = await _leader(ctx, topic, partition)
-        if meta.schema_bytes is not None:
-            raise InvalidRecordError(f"topic {topic!r} is Arrow-native (has a schema): the gateway maps no "
-                                     f"Kafka records to it yet")
         batches = decode_batches(records or b"")
         if any(b.attributes & CONTROL for b in batches):
             raise InvalidRecordError("clients do not write control batches: only transaction coordinators do")
@@ -176,6 +174,8 @@ async def _produce_partition(ctx: Any, topic: str, partition: int, records: byte
             # an idempotent producer's batches carry consecutive sequences, so the first one's is the base.
             data = (first_batch.records if len(batches) == 1 else
                     pa.Table.from_batches([b.records for b in batches]).combine_chunks().to_batches()[0])
+            if meta.schema_bytes is not None:  # an Arrow-native topic: each value is a row as JSON
+                data = rows_from_records(data, meta.schema, topic)
             result = await asyncio.wrap_future(ctx.transport.produce(
                 TopicPartition(topic, partition), leader, data, acks, timeout_ms, leader_epoch=epoch,
                 producer_id=first_batch.producer_id, producer_epoch=first_batch.producer_epoch,
@@ -215,9 +215,6 @@ async def _fetch_partition(ctx: Any, topic: str, partition: int, offset: int, ma
                            "records": b""}
     try:
         meta, leader, epoch = await _leader(ctx, topic, partition)
-        if meta.schema_bytes is not None:
-            raise InvalidRecordError(f"topic {topic!r} is Arrow-native (has a schema): the gateway maps no "
-                                     f"Kafka records to it yet")
         result = await asyncio.wrap_future(ctx.transport.fetch(
             TopicPartition(topic, partition), leader, offset, max(1, max_bytes), max_wait_ms, max(1, min_bytes),
             leader_epoch=epoch, read_committed=read_committed))
@@ -225,7 +222,9 @@ async def _fetch_partition(ctx: Any, topic: str, partition: int, offset: int, ma
         after_last = offset  # where the client fetches next after what this answer holds
         for batch in result.batches:
             if batch.num_rows:
-                data += encode_batch(batch, epoch)
+                # An Arrow-native topic's rows go out as JSON values (raystream.gateway.json_values).
+                data += encode_batch(batch if meta.schema_bytes is None else
+                                     records_from_rows(batch, meta.key_column), epoch)
                 after_last = int(batch.column(OFFSET_COLUMN)[-1].as_py()) + 1
         if result.next_offset > after_last:  # skipped markers or aborted batches: step the client over them
             data += encode_control_batch(result.next_offset - 1, epoch)

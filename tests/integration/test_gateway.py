@@ -1,7 +1,10 @@
 """The Kafka gateway in front of a real raystream cluster: kafka-python writes what raystream's Consumer
-reads, raystream's Producer writes what kafka-python reads; Arrow-native topics are refused cleanly."""
+reads, raystream's Producer writes what kafka-python reads; an Arrow-native topic's rows are JSON values
+to Kafka clients."""
 
 from __future__ import annotations
+
+import json
 
 import pyarrow as pa
 import pytest
@@ -52,12 +55,37 @@ def test_kafka_python_and_raystream_clients_read_each_others_records(gateway, to
     assert values == [b"arrow-%d" % i for i in range(20)]
 
 
-def test_an_arrow_native_topic_refuses_kafka_records(gateway, topic_name):
-    rs.Admin().create_topic(topic_name, partitions=1, schema=pa.schema([("id", pa.int64())]))
-    producer = KafkaProducer(bootstrap_servers=gateway.bootstrap, acks=1, enable_idempotence=False, retries=0)
-    with pytest.raises(Exception, match="(?i)invalid.?record"):
-        producer.send(topic_name, value=b"{}", partition=0).get(10)
+def test_kafka_json_values_are_the_rows_of_an_arrow_native_topic(gateway, topic_name, wait_for):
+    schema = pa.schema([("id", pa.int64()), ("name", pa.string()), ("amount", pa.float64())])
+    rs.Admin().create_topic(topic_name, partitions=1, schema=schema, key_column="id")
+    producer = KafkaProducer(bootstrap_servers=gateway.bootstrap, acks="all", linger_ms=5)
+    rows = [{"id": i, "name": f"n{i}", "amount": i / 4} for i in range(50)]
+    for row in rows:
+        producer.send(topic_name, value=json.dumps(row).encode(), partition=0, timestamp_ms=1_700_000_000_000)
+    producer.flush(30)
+    with pytest.raises(Exception, match="(?i)invalid.?record"):  # not a row of the schema: refused whole
+        producer.send(topic_name, value=b'{"id": "not a number"}', partition=0).get(10)
     producer.close()
+
+    with rs.Consumer(auto_offset_reset="earliest") as ours:  # the rows, as Arrow columns
+        ours.assign([rs.TopicPartition(topic_name, 0)])
+        tables = []
+        wait_for(lambda: tables.append(ours.poll_arrow(timeout=0.5)) or sum(t.num_rows for t in tables) >= 50,
+                 timeout_s=30, message="poll_arrow reads the Kafka client's rows")
+    table = pa.concat_tables(tables)
+    assert table.select(["id", "name", "amount"]).to_pylist() == rows
+    assert set(table.column("timestamp").to_pylist()) == {1_700_000_000_000}
+
+    with rs.Producer(acks="all") as ours:
+        ours.send_batch(topic_name, pa.table({"id": [100], "name": ["arrow"], "amount": [1.5]}, schema=schema),
+                        partition=0).result(30)
+    tp = KafkaTopicPartition(topic_name, 0)
+    consumer = KafkaConsumer(bootstrap_servers=gateway.bootstrap, auto_offset_reset="earliest",
+                             enable_auto_commit=False, consumer_timeout_ms=5000)
+    consumer.assign([tp])
+    got = [(m.key, json.loads(m.value)) for m in consumer]
+    consumer.close()
+    assert got == [(b"%d" % r["id"], r) for r in rows] + [(b"100", {"id": 100, "name": "arrow", "amount": 1.5})]
 
 
 def test_group_offsets_committed_by_kafka_clients_are_raystreams(gateway, topic_name):
