@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -116,8 +115,12 @@ def shutdown(stop_cluster: bool = False) -> None:
 
 
 def stop(handle: ClusterHandle) -> None:
-    """Gracefully stop a cluster's actors: every replica flushes and closes its log; then the controller
-    and every node's broker agent (which releases its broker directory's lock)."""
+    """Gracefully stop a cluster's actors: its Kafka gateways first (if ``raystream start`` started any);
+    every replica flushes and closes its log; then the controller and every node's broker agent (which
+    releases its broker directory's lock)."""
+    from raystream.actors.gateway_actor import stop_gateways
+
+    stop_gateways(handle.cluster)
     metadata = ray.get(handle.controller.get_metadata.remote(None))
 
     refs, actors = [], []
@@ -148,8 +151,4 @@ def _stop_broker_agents(cluster: str, timeout_s: float = 10.0) -> None:
             ray.kill(handles.get_named(name), no_restart=True)
         except ValueError:  # this node never had one
             pass
-    deadline = time.monotonic() + timeout_s
-    while names and time.monotonic() < deadline:
-        names = [n for n in names if handles.actor_exists(n)]
-        if names:
-            time.sleep(0.05)
+    handles.wait_until_gone(names, timeout_s)

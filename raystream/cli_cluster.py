@@ -1,10 +1,11 @@
 """``raystream start|status|stop``: run raystream on a running Ray cluster and look at it.
 
 ``start`` finds or creates the cluster's controller (idempotent; it registers a broker on every Ray node and
-re-creates any missing replica; a controller it creates takes the ``--config`` file's defaults); ``status``
-shows nodes, brokers, topics (leader, ISR, under-replicated, offline partitions) and consumer groups with
-their lag, as ``rich`` tables or ``--json``; ``stop`` stops the controller and every replica gracefully
-(logs flushed and closed; the data stays on disk, and the next ``start`` finds everything again).
+re-creates any missing replica; a controller it creates takes the ``--config`` file's defaults) and, with a
+``gateway:`` section in that file, a Kafka gateway on every node; ``status`` shows nodes, brokers, topics
+(leader, ISR, under-replicated, offline partitions) and consumer groups with their lag, as ``rich`` tables
+or ``--json``; ``stop`` stops the gateways, then the controller and every replica gracefully (logs flushed
+and closed; the data stays on disk, and the next ``start`` finds everything again).
 """
 
 from __future__ import annotations
@@ -91,6 +92,21 @@ def start(ctx: click.Context) -> None:
     config_file = (ctx.find_root().obj or {}).get("config")
     click.echo(f"raystream cluster {handle.cluster} is running with {len(handle.brokers())} broker(s); "
                f"data dir {handle.data_dir}" + (f"; defaults from {config_file}" if config_file else ""))
+    _start_gateways(handle.cluster, config_file)
+
+
+def _start_gateways(cluster: str, config_file: str | None) -> None:
+    """The config file's ``gateway:`` section: a Kafka gateway on every node (raystream.actors.gateway_actor)."""
+    from raystream import cluster_config
+
+    settings = cluster_config.load(config_file, environ={}).gateway if config_file else None
+    if settings is None or not settings.enabled:
+        return
+    from raystream.actors.gateway_actor import start_gateways
+
+    entries = start_gateways(cluster, settings)
+    click.echo(f"Kafka gateways ({len(entries)}): " + ", ".join(f"{e.host}:{e.port} (node {e.node_id})"
+                                                               for e in entries))
 
 
 @click.command("status")

@@ -18,6 +18,8 @@ The file is found by an explicit path (``rs.init(config=PATH)``, ``raystream --c
       flush.messages: 10000
       flush.ms: 1000
       min.insync.replicas: 2
+    gateway:                       # Kafka gateways, one per node, run by `raystream start`:
+      port: 9092                   #   raystream.gateway.settings.GatewaySettings (every key there)
 
 Precedence, highest first: an explicit argument or CLI flag, then the environment variable
 (``RAY_ADDRESS``, ``RAYSTREAM_DATA_DIR``), then this file, then the built-in (Kafka's) defaults. For a
@@ -44,12 +46,14 @@ import yaml
 from raystream.config import BrokerConfig, TopicConfig
 from raystream.core.names import validate_cluster_name
 from raystream.errors import InvalidConfigurationError, InvalidTopicError
+from raystream.gateway.settings import GatewaySettings
 
 ENV_VAR = "RAYSTREAM_CONFIG"
 BROKER = "broker"
 TOPIC_DEFAULTS = "topic_defaults"
+GATEWAY = "gateway"
 _SCALARS = ("cluster", "address", "data_dir")
-_TOP_LEVEL = (*_SCALARS, BROKER, TOPIC_DEFAULTS)
+_TOP_LEVEL = (*_SCALARS, BROKER, TOPIC_DEFAULTS, GATEWAY)
 _BROKER_KEYS = frozenset(f.name for f in dataclasses.fields(BrokerConfig))
 _TOPIC_KEYS = frozenset(f.name for f in dataclasses.fields(TopicConfig))
 #: Where data lives when no argument, environment variable or file says otherwise.
@@ -77,6 +81,8 @@ class ClusterConfig:
     data_dir: str | None = None
     broker: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     topic_defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    #: The ``gateway:`` section (None: the file has none, ``raystream start`` runs no gateway).
+    gateway: GatewaySettings | None = None
 
     def broker_config(self, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """The broker settings for the controller: this file's, with ``overrides`` (e.g. ``rs.init``'s
@@ -161,7 +167,8 @@ def parse(data: Any, path: str) -> ClusterConfig:
     if "data_dir" in scalars:
         scalars["data_dir"] = str((Path(path).parent / Path(scalars["data_dir"]).expanduser()).resolve())
     return ClusterConfig(path=path, broker=_broker(values.get(BROKER), path),
-                         topic_defaults=_topic_defaults(values.get(TOPIC_DEFAULTS), path), **scalars)
+                         topic_defaults=_topic_defaults(values.get(TOPIC_DEFAULTS), path),
+                         gateway=_gateway(values, path), **scalars)
 
 
 def resolve_connection(file: ClusterConfig, address: str | None = None, cluster: str | None = None,
@@ -185,6 +192,24 @@ def _topic_defaults(section: Any, path: str) -> dict[str, Any]:
     given = _section(section, TOPIC_DEFAULTS, _TOPIC_KEYS, path)
     checked = _checked(TopicConfig.from_dict, given, TOPIC_DEFAULTS, path)
     return {_kafka(k): getattr(checked, k) for k in given}
+
+
+def _gateway(values: Mapping[str, Any], path: str) -> GatewaySettings | None:
+    """The ``gateway:`` section's settings; an empty section (``gateway:`` alone) means every default."""
+    if GATEWAY not in values:
+        return None
+    section = values[GATEWAY]
+    if section is None:
+        return GatewaySettings(base_dir=str(Path(path).parent))
+    section = _mapping(section, GATEWAY, path)
+    seen: dict[str, str] = {}
+    for raw_key in section:  # one key given twice, in the dotted and the attribute spelling
+        _no_duplicate(seen, _attr(raw_key), raw_key, path, GATEWAY)
+        seen[_attr(raw_key)] = raw_key
+    try:
+        return GatewaySettings.from_dict(section, base_dir=str(Path(path).parent))
+    except InvalidConfigurationError as exc:
+        raise _error(path, f"{GATEWAY}.{exc.details.get('key', '')}".rstrip("."), exc.message) from None
 
 
 def _checked(build: Any, given: Mapping[str, tuple[str, Any]], name: str, path: str) -> Any:

@@ -21,6 +21,7 @@ actors up here without importing the log engine, and the one place that starts e
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import ray
@@ -48,6 +49,17 @@ def actor_exists(name: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def wait_until_gone(names: list[str], timeout_s: float) -> list[str]:
+    """Wait, at most ``timeout_s``, until no actor holds any of ``names`` (a killed actor frees its name a
+    moment later); the names still held then."""
+    deadline = time.monotonic() + timeout_s
+    while names and time.monotonic() < deadline:
+        names = [name for name in names if actor_exists(name)]
+        if names:
+            time.sleep(0.05)
+    return names
 
 
 def get_controller(cluster: str) -> Any:

@@ -5,9 +5,17 @@ a mapping for :func:`~raystream.gateway.entities.build` (which keeps what the re
 None for a request that gets no response (Produce with acks=0). Versions are the ranges served here; a
 client picks the highest version both sides know from the ApiVersions answer.
 
-Broker identity: this gateway is, to Kafka clients, the whole cluster: one broker (``node_id``, the
-advertised listener) that leads every partition, and forwards each request to the partition's raystream
-leader over Ray. Replica and ISR lists therefore show this broker only.
+Broker identity: Kafka clients see the running gateways as the cluster's brokers. A gateway started per
+Ray node (:mod:`raystream.actors.gateway_actor`) has its node's broker id as Kafka node id and knows the
+other gateways (``GatewayContext.peers``), so Metadata names every gateway as a broker, each partition's
+leader as the gateway on the leader replica's node, and the replicas and ISR as the gateways on those
+nodes: a client sends each partition's produce and fetch to the leader's own node. A replica whose node has
+no gateway (none started there yet, or it left Metadata) is shown as this gateway. Alone (``raystream
+gateway``, no peers) a gateway is the whole cluster: one broker that leads every partition. Either way a
+gateway forwards every request, for any partition, to the partition's raystream leader over Ray, so a client
+with stale metadata is still served. The coordinator of every group and transactional id, and the
+``controller_id`` of Metadata and DescribeCluster, is the gateway with the lowest node id (every gateway
+forwards group and transaction requests to the controller, so the choice only has to be stable).
 
 Concurrency: handlers are coroutines on the server's event loop; blocking client calls run in threads.
 """
@@ -16,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 from kio.index import load_response_schema
@@ -34,10 +42,18 @@ METADATA, API_VERSIONS = 3, 18
 NO_AUTHORIZED_OPERATIONS = -2147483648
 
 
+#: The other gateways of the cluster: Kafka node id -> advertised (host, port). Returns at once.
+Peers = Callable[[], Mapping[int, tuple[str, int]]]
+
+
+def no_peers() -> Mapping[int, tuple[str, int]]:
+    return {}
+
+
 @dataclasses.dataclass(frozen=True)
 class GatewayContext:
-    """What handlers need: the raystream cluster (through a client transport) and the broker identity
-    the gateway advertises."""
+    """What handlers need: the raystream cluster (through a client transport), the broker identity the
+    gateway advertises, and the other gateways (``peers``; read on the event loop, never blocks)."""
 
     transport: BaseTransport
     metadata: MetadataCache
@@ -45,6 +61,29 @@ class GatewayContext:
     host: str
     port: int
     cluster_id: str
+    peers: Peers = no_peers
+
+    def brokers(self) -> dict[int, tuple[str, int]]:
+        """Every gateway a client may reach, by Kafka node id: the known peers and this gateway."""
+        found = dict(self.peers())
+        found[self.node_id] = (self.host, self.port)
+        return dict(sorted(found.items()))
+
+    def coordinator(self, brokers: Mapping[int, tuple[str, int]] | None = None) -> tuple[int, str, int]:
+        """(node id, host, port) of the gateway that clients use as coordinator: the lowest node id."""
+        brokers = self.brokers() if brokers is None else brokers
+        node_id = min(brokers)
+        return node_id, *brokers[node_id]
+
+    def gateways_of(self, broker_ids: Iterable[int], brokers: Mapping[int, tuple[str, int]]) -> list[int]:
+        """The gateways (Kafka node ids, in order, no repeats) of raystream brokers: a broker's own gateway,
+        or this gateway for a broker that has none."""
+        out: list[int] = []
+        for broker_id in broker_ids:
+            node = broker_id if broker_id in brokers else self.node_id
+            if node not in out:
+                out.append(node)
+        return out
 
 
 Handler = Callable[[Request, GatewayContext], Awaitable[Mapping[str, Any] | None]]
@@ -70,6 +109,7 @@ async def metadata(request: Request, ctx: GatewayContext) -> Mapping[str, Any]:
         asked = [t.name for t in wanted]
         known = set(await asyncio.to_thread(ctx.transport.list_topics))
         found = await asyncio.to_thread(ctx.transport.get_metadata, [n for n in asked if n in known])
+    brokers = ctx.brokers()
     topics = []
     for name in asked:
         meta = found.get(name)
@@ -80,14 +120,15 @@ async def metadata(request: Request, ctx: GatewayContext) -> Mapping[str, Any]:
             continue
         partitions = [{
             "error_code": ErrorCode.none if p.leader >= 0 else ErrorCode.leader_not_available,
-            "partition_index": p.partition, "leader_id": ctx.node_id if p.leader >= 0 else -1,
-            "leader_epoch": p.leader_epoch, "replica_nodes": [ctx.node_id], "isr_nodes": [ctx.node_id],
-            "offline_replicas": []} for p in meta.partitions]
+            "partition_index": p.partition,
+            "leader_id": ctx.gateways_of([p.leader], brokers)[0] if p.leader >= 0 else -1,
+            "leader_epoch": p.leader_epoch, "replica_nodes": ctx.gateways_of(p.replicas, brokers),
+            "isr_nodes": ctx.gateways_of(p.isr, brokers), "offline_replicas": []} for p in meta.partitions]
         topics.append({"error_code": ErrorCode.none, "name": name, "topic_id": ZERO_UUID, "is_internal": False,
                        "partitions": partitions, "topic_authorized_operations": NO_AUTHORIZED_OPERATIONS})
-    return {"throttle_time": 0, "brokers": [{"node_id": ctx.node_id, "host": ctx.host, "port": ctx.port,
-                                              "rack": None}],
-            "cluster_id": ctx.cluster_id, "controller_id": ctx.node_id, "topics": topics,
+    return {"throttle_time": 0, "brokers": [{"node_id": node, "host": host, "port": port, "rack": None}
+                                             for node, (host, port) in brokers.items()],
+            "cluster_id": ctx.cluster_id, "controller_id": ctx.coordinator(brokers)[0], "topics": topics,
             "cluster_authorized_operations": NO_AUTHORIZED_OPERATIONS}
 
 

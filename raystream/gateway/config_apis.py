@@ -21,7 +21,8 @@ AlterConfigs (the older API) sets the whole set: every config it does not list r
 Unlike Kafka's controller, an alter reads the topic's config and then writes the result, so two
 concurrent APPEND/SUBTRACT of the same list may lose one change (the last write wins).
 
-DescribeCluster: the gateway is the one broker and the controller (as Metadata says). DeleteRecords: each
+DescribeCluster: the running gateways are the brokers, and the coordinator gateway is the controller (as
+Metadata says). DeleteRecords: each
 partition's leader moves its log start offset (``PartitionReplica.delete_records``) and answers the low
 watermark once every in-sync replica has.
 
@@ -305,17 +306,18 @@ async def alter_configs(request: Request, ctx: Any) -> Mapping[str, Any]:
 
 # -- the cluster and its records -----------------------------------------------------------------------------
 async def describe_cluster(request: Request, ctx: Any) -> Mapping[str, Any]:
+    brokers = ctx.brokers()
     out: dict[str, Any] = {"throttle_time": 0, "error_code": ErrorCode.none, "error_message": None,
                            "endpoint_type": BROKERS_ENDPOINT, "cluster_id": ctx.cluster_id,
-                           "controller_id": ctx.node_id, "brokers": [],
+                           "controller_id": ctx.coordinator(brokers)[0], "brokers": [],
                            "cluster_authorized_operations": NO_AUTHORIZED_OPERATIONS}
     endpoint = int(getattr(request.body, "endpoint_type", BROKERS_ENDPOINT))
     if endpoint != BROKERS_ENDPOINT:
         out.update(error_code=ErrorCode.unsupported_endpoint_type, endpoint_type=endpoint,
                    error_message="the gateway serves the brokers endpoint (1) only")
         return out
-    out["brokers"] = [{"broker_id": ctx.node_id, "host": ctx.host, "port": ctx.port, "rack": None,
-                       "is_fenced": False}]
+    out["brokers"] = [{"broker_id": node, "host": host, "port": port, "rack": None, "is_fenced": False}
+                      for node, (host, port) in brokers.items()]
     return out
 
 

@@ -1,7 +1,8 @@
 """Consumer-group offsets over the Kafka protocol: FindCoordinator, OffsetCommit, OffsetFetch, ListGroups.
 
-The gateway is every group's coordinator (it is the cluster's only broker to Kafka clients) and forwards
-to raystream's group coordinator, so offsets committed by Kafka clients and by raystream's own consumers
+One gateway is every group's coordinator (the lowest Kafka node id among the running gateways, see
+:mod:`raystream.gateway.apis`; any gateway serves group requests all the same) and forwards them to
+raystream's group coordinator, so offsets committed by Kafka clients and by raystream's own consumers
 are the same offsets. Commits outside a generation (generation -1, member ""), which Kafka clients send for
 manually assigned partitions with a group id, are accepted while the group has no members, as Kafka
 does. Group membership is :mod:`raystream.gateway.membership_apis`.
@@ -25,8 +26,9 @@ from raystream.protocol import TopicPartition
 async def find_coordinator(request: Request, ctx: Any) -> Mapping[str, Any]:
     """The coordinator of a group (key type 0) or a transactional id (1): this gateway, which forwards to
     raystream's group and transaction coordinators in the controller."""
-    return {"throttle_time": 0, "error_code": ErrorCode.none, "error_message": None, "node_id": ctx.node_id,
-            "host": ctx.host, "port": ctx.port}
+    node_id, host, port = ctx.coordinator()  # one gateway for every key: see raystream.gateway.apis
+    return {"throttle_time": 0, "error_code": ErrorCode.none, "error_message": None, "node_id": node_id,
+            "host": host, "port": port}
 
 
 async def offset_commit(request: Request, ctx: Any) -> Mapping[str, Any]:

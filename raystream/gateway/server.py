@@ -36,14 +36,19 @@ class Gateway:
     """A Kafka-protocol endpoint for one raystream cluster (reached through ``transport``).
 
     ``host``/``port``: where to listen (port 0: any free port, see :attr:`port`); ``advertised_host`` /
-    ``advertised_port``: what Metadata tells clients to connect to (default: the listening address)."""
+    ``advertised_port``: what Metadata tells clients to connect to (default: the listening address);
+    ``node_id``: this gateway's Kafka node id (a per-node gateway's is its node's broker id). ``peers``: the
+    other gateways of the cluster, Kafka node id -> advertised (host, port), called on the event loop for each
+    Metadata, FindCoordinator and DescribeCluster (so it must return at once); without it this gateway is
+    the cluster's only broker (:mod:`raystream.gateway.apis`)."""
 
     def __init__(self, transport: BaseTransport, host: str = "127.0.0.1", port: int = 9092, *,
                  advertised_host: str | None = None, advertised_port: int | None = None, node_id: int = 0,
                  socket_request_max_bytes: int = SOCKET_REQUEST_MAX_BYTES,
                  connections_max_idle_ms: int = 600_000, request_timeout_ms: int = 30_000,
-                 metadata_max_age_ms: int = 300_000) -> None:
+                 metadata_max_age_ms: int = 300_000, peers: apis.Peers | None = None) -> None:
         self.transport = transport
+        self.peers = peers or apis.no_peers
         self.host, self._port = host, port
         self.advertised_host, self.advertised_port = advertised_host, advertised_port
         self.node_id = node_id
@@ -64,7 +69,8 @@ class Gateway:
 
     def context(self) -> apis.GatewayContext:
         return apis.GatewayContext(self.transport, self._metadata, self.node_id, self.advertised_host or self.host,
-                                   self.advertised_port or self.port, getattr(self.transport, "cluster", "raystream"))
+                                   self.advertised_port or self.port, getattr(self.transport, "cluster", "raystream"),
+                                   self.peers)
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._serve_connection, self.host, self._port)
