@@ -21,7 +21,9 @@ def cluster(tmp_path_factory):
         ray.shutdown()
     # Metrics reach Ray's Prometheus endpoint every metrics_report_interval_ms (10 s by default; Ray floors it
     # at 1 s): tests/integration/test_metrics.py reads them back without waiting 10 s per value.
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+    # address="local": always a Ray of this session's own, never one already running on the machine (a
+    # `ray start` or another test run's cluster), which would be shared, or refuse num_cpus.
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
              _system_config={"metrics_report_interval_ms": 1000})
     data_dir = tmp_path_factory.mktemp("raystream-data")
     handle = rs.init(data_dir=str(data_dir), cluster="it",

@@ -43,15 +43,20 @@ def _produce(topic: str, count: int) -> set[bytes]:
     return set(values)
 
 
+
+
 class _Polling:
     """A Kafka consumer polled on a thread of its own (as an application would), recording what it reads
     and its assignment after each poll (Kafka consumers are not thread-safe: only that thread calls them)."""
 
-    def __init__(self, poll, assignment, close) -> None:
+    def __init__(self, poll, assignment, close, commit, position) -> None:
         self.values: list[bytes] = []
         self.errors: list[BaseException] = []
         self.owned: frozenset[tuple[str, int]] = frozenset()
-        self._poll, self._assignment, self._close = poll, assignment, close
+        self.positions: dict[tuple[str, int], int] = {}  # of the owned partitions, after the last poll
+        self._position = position
+        self._poll, self._assignment, self._close, self._commit = poll, assignment, close, commit
+        self.commit_wanted, self.committed = threading.Event(), threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -60,7 +65,12 @@ class _Polling:
         try:
             while not self._stop.is_set():
                 self.values.extend(self._poll())
-                self.owned = frozenset((tp.topic, tp.partition) for tp in self._assignment())
+                assigned = list(self._assignment())
+                self.positions = {(tp.topic, tp.partition): self._position(tp) for tp in assigned}
+                self.owned = frozenset(self.positions)
+                if self.commit_wanted.is_set() and not self.committed.is_set():
+                    self._commit()  # what this member has read, synchronously
+                    self.committed.set()
         except BaseException as exc:  # reported by the test
             self.errors.append(exc)
 
@@ -73,15 +83,16 @@ class _Polling:
 def _kafka_python(gateway, group: str, topic: str, **options) -> _Polling:
     consumer = KafkaConsumer(topic, bootstrap_servers=gateway.bootstrap, group_id=group, client_id="kafka-python",
                              auto_offset_reset="earliest", session_timeout_ms=10_000, heartbeat_interval_ms=500,
-                             **options)
+                             enable_auto_commit=False, **options)
     return _Polling(lambda: [m.value for ms in consumer.poll(timeout_ms=200).values() for m in ms],
-                    consumer.assignment, consumer.close)
+                    consumer.assignment, consumer.close, consumer.commit, consumer.position)
 
 
 def _librdkafka(gateway, group: str, topic: str) -> _Polling:
     consumer = ConfluentConsumer({"bootstrap.servers": gateway.bootstrap, "group.id": group,
                                   "client.id": "librdkafka", "auto.offset.reset": "earliest",
-                                  "session.timeout.ms": 10_000, "heartbeat.interval.ms": 500})
+                                  "session.timeout.ms": 10_000, "heartbeat.interval.ms": 500,
+                                  "enable.auto.commit": False})
     consumer.subscribe([topic])
 
     def poll() -> list[bytes]:
@@ -92,7 +103,8 @@ def _librdkafka(gateway, group: str, topic: str) -> _Polling:
             raise RuntimeError(str(message.error()))
         return [message.value()]
 
-    return _Polling(poll, consumer.assignment, consumer.close)
+    return _Polling(poll, consumer.assignment, consumer.close, lambda: consumer.commit(asynchronous=False),
+                    lambda tp: consumer.position([tp])[0].offset)
 
 
 class _AsyncPolling(_Polling):
@@ -102,13 +114,16 @@ class _AsyncPolling(_Polling):
         self.loop = asyncio.new_event_loop()
         self.consumer = self.loop.run_until_complete(self._start(gateway, group, topic))
         super().__init__(self._poll_once, self.consumer.assignment,
-                         lambda: self.loop.run_until_complete(self.consumer.stop()))
+                         lambda: self.loop.run_until_complete(self.consumer.stop()),
+                         lambda: self.loop.run_until_complete(self.consumer.commit()),
+                         lambda tp: self.loop.run_until_complete(self.consumer.position(tp)))
 
     @staticmethod
     async def _start(gateway, group: str, topic: str) -> AIOKafkaConsumer:
         consumer = AIOKafkaConsumer(topic, bootstrap_servers=gateway.bootstrap, group_id=group,
                                     client_id="aiokafka", auto_offset_reset="earliest",
-                                    session_timeout_ms=10_000, heartbeat_interval_ms=500)
+                                    session_timeout_ms=10_000, heartbeat_interval_ms=500,
+                                    enable_auto_commit=False)
         await consumer.start()
         return consumer
 
@@ -129,15 +144,18 @@ def test_kafka_clients_and_a_raystream_consumer_share_one_group(gateway, topic_n
     ours_values: list[bytes] = []
     try:
         with rs.Consumer(group_id=group, client_id="raystream", auto_offset_reset="earliest",
-                         session_timeout_ms=10_000, partition_assignment_strategy=["range", "roundrobin"]) as ours:
+                         session_timeout_ms=10_000, partition_assignment_strategy=["range", "roundrobin"],
+                         enable_auto_commit=False) as ours:
             ours.subscribe([topic_name])
 
             def settled() -> bool:
                 ours_values.extend(r.value for r in ours.poll(timeout=0.2))
-                owned = [m.owned for m in members] + [
-                    {(tp.topic, tp.partition) for tp in ours.assignment()}]
-                every = [tp for o in owned for tp in o]
-                return (all(owned) and len(every) == PARTITIONS and len(set(every)) == PARTITIONS
+                ours_positions = {(tp.topic, tp.partition): ours.position(tp) for tp in ours.assignment()}
+                everyone = [m.positions for m in members] + [ours_positions]
+                every = [tp for positions in everyone for tp in positions]
+                # Each member owns something, the partitions are split, and each is at the end of its own.
+                return (all(everyone) and len(every) == PARTITIONS and len(set(every)) == PARTITIONS
+                        and all(o == 120 // PARTITIONS for positions in everyone for o in positions.values())
                         and produced <= set(ours_values) | {v for m in members for v in m.values})
 
             wait_for(settled, timeout_s=90, message="four kinds of member split the partitions and read it all")
@@ -148,6 +166,12 @@ def test_kafka_clients_and_a_raystream_consumer_share_one_group(gateway, topic_n
                 "aiokafka", "kafka-python", "librdkafka", "raystream"]
             # roundrobin, the one assignor the four have in common (aiokafka's only default).
             assert sorted(len(m["assignment"]) for m in described.members) == [1, 1, 2, 2]
+            for member in members:  # each commits what it read, on its own thread
+                member.commit_wanted.set()
+            ours.commit()
+            wait_for(lambda: all(m.committed.is_set() for m in members), timeout_s=30, message="commits")
+            assert rs.Admin().describe_group(group).offsets == {
+                rs.TopicPartition(topic_name, p): 120 // PARTITIONS for p in range(PARTITIONS)}
     finally:
         for member in members:
             member.stop()
