@@ -19,7 +19,7 @@ import click
 
 from raystream import __version__, cluster_config
 from raystream.cli_cluster import start, status, stop
-from raystream.cli_gateway import gateway
+from raystream.cli_gateway import gateway, gateway_credential
 from raystream.cli_groups import groups
 from raystream.cli_perf import perf_test
 from raystream.cli_topics import configs, consume, produce, topics
@@ -100,6 +100,7 @@ main.add_command(start)
 main.add_command(status)
 main.add_command(stop)
 main.add_command(gateway)
+main.add_command(gateway_credential)
 
 
 @main.command("dump-log")

@@ -187,6 +187,16 @@ class UnsupportedVersionError(RaystreamError):
     """A Kafka-protocol API version the gateway does not serve (Kafka's UNSUPPORTED_VERSION)."""
 
 
+class SaslAuthenticationError(RaystreamError):
+    """SASL authentication failed: an unknown user, a wrong password or a malformed exchange (Kafka's
+    SASL_AUTHENTICATION_FAILED). The gateway answers it and closes the connection, as Kafka's broker does."""
+
+
+class AuthorizationError(RaystreamError):
+    """The principal may not perform the operation on the resource (Kafka's TOPIC_, GROUP_, CLUSTER_ and
+    TRANSACTIONAL_ID_AUTHORIZATION_FAILED); ``resource_type``, ``name`` and ``operation`` say which."""
+
+
 class ClosedError(RaystreamError):
     """The handle (producer, consumer, admin, log) was closed."""
 

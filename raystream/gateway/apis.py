@@ -32,7 +32,15 @@ from kio.schema.errors import ErrorCode
 
 from raystream.client.base import BaseTransport
 from raystream.client.metadata import MetadataCache
-from raystream.gateway import admin_apis, config_apis, data_apis, group_apis, membership_apis, txn_apis
+from raystream.gateway import (
+    admin_apis,
+    config_apis,
+    data_apis,
+    group_apis,
+    membership_apis,
+    sasl_apis,
+    txn_apis,
+)
 from raystream.gateway.admin_apis import ZERO_UUID
 from raystream.gateway.entities import build
 from raystream.gateway.framing import Request
@@ -141,6 +149,7 @@ HANDLERS: dict[int, tuple[int, int, Handler]] = {
     **group_apis.HANDLERS,
     **membership_apis.HANDLERS,
     **txn_apis.HANDLERS,
+    **sasl_apis.HANDLERS,
     **admin_apis.HANDLERS,
     **config_apis.HANDLERS,
 }

@@ -10,6 +10,14 @@ ApiVersions gets Kafka's UNSUPPORTED_VERSION answer (as version 0, so any client
 unsupported version of another API closes the connection; a connection idle for
 ``connections_max_idle_ms`` or silent for ``request_timeout_ms`` inside a frame (slow-loris) is closed.
 
+Security (``security=``, a :class:`~raystream.gateway.security.SecurityConfig`; none: PLAINTEXT, no ACLs):
+SSL and SASL_SSL listeners speak TLS (``asyncio.start_server(ssl=...)``, the handshake bounded by
+``tls.handshake_timeout_ms``); each connection has a :class:`~raystream.gateway.sasl_apis.Session` (its
+principal, its SASL state). On a SASL listener an unauthenticated connection may send ApiVersions,
+SaslHandshake and SaslAuthenticate only, in frames of at most ``sasl.max_receive_bytes``; any other request
+closes it, and so does a failed authentication once its answer is sent. With an authorizer, every request
+is checked before its handler runs (:mod:`raystream.gateway.access`).
+
 Concurrency: everything runs on the event loop of the thread that calls :meth:`Gateway.serve` /
 :meth:`Gateway.start`; handlers run blocking client calls in threads.
 """
@@ -25,9 +33,16 @@ from kio.schema.errors import ErrorCode
 from raystream.client.base import BaseTransport
 from raystream.client.metadata import MetadataCache
 from raystream.errors import InvalidRequestError, UnsupportedVersionError
-from raystream.gateway import apis
+from raystream.gateway import access, apis, sasl_apis
 from raystream.gateway.entities import build
-from raystream.gateway.framing import SOCKET_REQUEST_MAX_BYTES, encode_response, parse_request, read_frame
+from raystream.gateway.framing import (
+    SOCKET_REQUEST_MAX_BYTES,
+    encode_response,
+    parse_request,
+    peek_header,
+    read_frame,
+)
+from raystream.gateway.security import SecurityConfig
 
 log = logging.getLogger(__name__)
 
@@ -40,14 +55,18 @@ class Gateway:
     ``node_id``: this gateway's Kafka node id (a per-node gateway's is its node's broker id). ``peers``: the
     other gateways of the cluster, Kafka node id -> advertised (host, port), called on the event loop for each
     Metadata, FindCoordinator and DescribeCluster (so it must return at once); without it this gateway is
-    the cluster's only broker (:mod:`raystream.gateway.apis`)."""
+    the cluster's only broker (:mod:`raystream.gateway.apis`). ``security``: the listener's security protocol,
+    SASL users, TLS files and ACLs (see the module docstring)."""
 
     def __init__(self, transport: BaseTransport, host: str = "127.0.0.1", port: int = 9092, *,
                  advertised_host: str | None = None, advertised_port: int | None = None, node_id: int = 0,
                  socket_request_max_bytes: int = SOCKET_REQUEST_MAX_BYTES,
                  connections_max_idle_ms: int = 600_000, request_timeout_ms: int = 30_000,
-                 metadata_max_age_ms: int = 300_000, peers: apis.Peers | None = None) -> None:
+                 metadata_max_age_ms: int = 300_000, peers: apis.Peers | None = None,
+                 security: SecurityConfig | None = None) -> None:
         self.transport = transport
+        self.security = security or SecurityConfig()
+        self._ssl = self.security.ssl_context()  # built now, so that bad TLS files fail the constructor
         self.peers = peers or apis.no_peers
         self.host, self._port = host, port
         self.advertised_host, self.advertised_port = advertised_host, advertised_port
@@ -73,8 +92,11 @@ class Gateway:
                                    self.peers)
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve_connection, self.host, self._port)
-        log.info("Kafka gateway listening on %s:%d", self.host, self.port)
+        tls = self.security.tls if self._ssl is not None else None
+        self._server = await asyncio.start_server(
+            self._serve_connection, self.host, self._port, ssl=self._ssl,
+            ssl_handshake_timeout=None if tls is None else tls.handshake_timeout_ms / 1000)
+        log.info("Kafka gateway listening on %s:%d (%s)", self.host, self.port, self.security.protocol)
 
     async def serve(self) -> None:
         """Start (if not started) and serve until cancelled."""
@@ -96,12 +118,14 @@ class Gateway:
         self._connections.add(task)
         peer = writer.get_extra_info("peername")
         ctx = self.context()
+        session = self._session(writer)
+        sasl_apis.CURRENT.set(session)  # this task's context only: see sasl_apis.CURRENT
         try:
-            while True:
-                frame = await self._next_frame(reader)
+            while not session.close_after_response:
+                frame = await self._next_frame(reader, session)
                 if frame is None:
                     break
-                response = await self._answer(frame, ctx)
+                response = await self._answer(frame, ctx, session)
                 if response is not None:
                     writer.write(response)
                     await writer.drain()
@@ -115,13 +139,40 @@ class Gateway:
             log.exception("closing Kafka connection from %s after an unexpected error", peer)
         finally:
             self._connections.discard(task)
+            if session.close_after_response:
+                await self._linger(reader)
             writer.close()
 
-    async def _next_frame(self, reader: asyncio.StreamReader) -> bytes | None:
-        return await read_frame(reader, self.socket_request_max_bytes, self.connections_max_idle_s,
-                                self.request_timeout_s)
+    async def _linger(self, reader: asyncio.StreamReader) -> None:
+        """After a refused authentication: let the client read the answer and close first (some clients drop
+        an answer that arrives together with the server's close), up to
+        ``sasl.failed_authentication_delay_ms``; anything it sends meanwhile is ignored."""
+        deadline = asyncio.get_running_loop().time() + self.security.failed_authentication_delay_ms / 1000
+        try:
+            while await asyncio.wait_for(reader.read(65536), max(0.0, deadline - asyncio.get_running_loop().time())):
+                pass
+        except (asyncio.TimeoutError, ConnectionError):
+            pass
 
-    async def _answer(self, frame: bytes, ctx: apis.GatewayContext) -> bytes | None:
+    def _session(self, writer: asyncio.StreamWriter) -> sasl_apis.Session:
+        """A new connection's session: its client host, and the principal of its verified client certificate
+        (an SSL listener asking for one) or else User:ANONYMOUS until SASL says otherwise."""
+        peer = writer.get_extra_info("peername")
+        host = peer[0] if isinstance(peer, tuple) and peer else ""
+        principal = None
+        if self._ssl is not None and self.security.tls is not None:
+            principal = self.security.tls.principal_of(writer.get_extra_info("peercert"))
+        return sasl_apis.Session(self.security, host, principal)
+
+    async def _next_frame(self, reader: asyncio.StreamReader, session: sasl_apis.Session) -> bytes | None:
+        limit = session.max_frame_bytes
+        max_bytes = self.socket_request_max_bytes if limit is None else min(limit, self.socket_request_max_bytes)
+        return await read_frame(reader, max_bytes, self.connections_max_idle_s, self.request_timeout_s)
+
+    async def _answer(self, frame: bytes, ctx: apis.GatewayContext, session: sasl_apis.Session) -> bytes | None:
+        api_key = peek_header(frame)[0]
+        if not session.may_send(api_key):  # Kafka closes a connection that skips authentication
+            raise InvalidRequestError(f"API key {api_key} before SASL authentication", api_key=api_key)
         try:
             request = parse_request(frame, apis.SUPPORTED)
         except UnsupportedVersionError as exc:
@@ -131,6 +182,6 @@ class Gateway:
             body = build(load_response_schema(apis.API_VERSIONS, 0),
                          apis.api_versions_values(ErrorCode.unsupported_version))
             return encode_response(exc.correlation_id, body)
-        body = await apis.handle(request, ctx)
+        body = await access.handle(request, ctx, session)
         return None if body is None else encode_response(request.correlation_id, body)
 
