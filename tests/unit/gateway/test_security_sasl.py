@@ -77,10 +77,15 @@ def test_kafka_python_authenticates_and_a_wrong_password_is_refused(fake, sasl_g
     fake.add_topic("events")
     options = {"bootstrap_servers": sasl_gateway.bootstrap, "security_protocol": "SASL_PLAINTEXT",
                "sasl_mechanism": mechanism, "sasl_plain_username": "alice"}
-    producer = kafka.KafkaProducer(**options, sasl_plain_password="alice-secret")
-    producer.send("events", b"from kafka-python").get(timeout=30)
-    producer.close()
+    kafka_python_login_and_refusal(options, "events", caplog)
     assert fake.values(TopicPartition("events", 0)) == [b"from kafka-python"]
+
+
+def kafka_python_login_and_refusal(options: dict, topic: str, caplog) -> None:
+    """kafka-python sends one record with password alice-secret, and is refused with a wrong one."""
+    producer = kafka.KafkaProducer(**options, sasl_plain_password="alice-secret")
+    producer.send(topic, b"from kafka-python").get(timeout=30)
+    producer.close()
     # kafka-python retries the bootstrap until its timeout, logging each refusal.
     with pytest.raises(kafka.errors.KafkaTimeoutError):
         kafka.KafkaProducer(**options, sasl_plain_password="wrong", bootstrap_timeout_ms=3_000,
