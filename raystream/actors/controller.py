@@ -154,9 +154,9 @@ class Controller:
     # -- topics (ReplicationControl) --------------------------------------------------------------------------
     async def create_topic(self, name: str, partitions: int | None = None, replication_factor: int | None = None,
                            config: dict[str, Any] | None = None, schema_bytes: bytes | None = None,
-                           key_column: str | None = None) -> TopicMetadata:
+                           key_column: str | None = None, creation_id: str | None = None) -> TopicMetadata:
         return await self.topics.create_topic(name, partitions, replication_factor, config, schema_bytes,
-                                              key_column)
+                                              key_column, creation_id)
 
     async def create_partitions(self, name: str, total: int) -> TopicMetadata:
         return await self.topics.create_partitions(name, total)

@@ -59,9 +59,11 @@ class ReplicationControl:
 
     async def create_topic(self, name: str, partitions: int | None = None, replication_factor: int | None = None,
                            config: dict[str, Any] | None = None, schema_bytes: bytes | None = None,
-                           key_column: str | None = None) -> TopicMetadata:
+                           key_column: str | None = None, creation_id: str | None = None) -> TopicMetadata:
         """``None`` partitions / replication factor: the broker's ``num.partitions`` /
-        ``default.replication.factor``; configs not given: ``self.topic_defaults``."""
+        ``default.replication.factor``; configs not given: ``self.topic_defaults``. ``creation_id``: the
+        caller's id for this creation; the same call again (a retry) answers with the topic it made, and
+        makes sure its replicas exist (the first attempt may have ended with the controller before that)."""
         validate_topic_name(name)
         if partitions is None:
             partitions = self.broker_config.num_partitions
@@ -71,12 +73,16 @@ class ReplicationControl:
             raise InvalidPartitionsError(f"partitions must be an int >= 1, got {partitions!r}")
         topic_config = TopicConfig.from_dict(config, base=self.topic_defaults).to_dict()
         async with self._brokers.registration_lock():
-            if name in self.metadata.topics:
+            existing = self.metadata.topics.get(name)
+            if existing is not None and creation_id is not None and existing.creation_id == creation_id:
+                await self._replicas.ensure_replicas(existing)
+                return existing.to_metadata()
+            if existing is not None:
                 raise TopicAlreadyExistsError(f"topic {name!r} already exists")
             await self._register_new_nodes()
             async with self._store.lock():
                 return await self._create_topic_locked(name, partitions, replication_factor, topic_config,
-                                                       schema_bytes, key_column)
+                                                       schema_bytes, key_column, creation_id)
 
     async def _register_new_nodes(self) -> None:
         """Every live Ray node is a broker by the time replicas are placed (a node that just joined
@@ -85,12 +91,13 @@ class ReplicationControl:
 
     async def _create_topic_locked(self, name: str, partitions: int, replication_factor: int,
                                    topic_config: dict[str, Any], schema_bytes: bytes | None,
-                                   key_column: str | None) -> TopicMetadata:
+                                   key_column: str | None, creation_id: str | None) -> TopicMetadata:
         if name in self.metadata.topics:
             raise TopicAlreadyExistsError(f"topic {name!r} already exists")
         assignment = assign_replicas(self._store.live_brokers(), range(partitions), replication_factor,
                                      start_index=len(self.metadata.topics))
-        self._store.record(ClusterMetadata.topic_record(name, topic_config, schema_bytes, key_column, assignment))
+        self._store.record(ClusterMetadata.topic_record(name, topic_config, schema_bytes, key_column, assignment,
+                                                        creation_id))
         await self._replicas.ensure_replicas(self.metadata.topics[name])
         return self.metadata.topics[name].to_metadata()
 

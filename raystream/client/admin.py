@@ -10,6 +10,7 @@ Thread-safe (holds no mutable state besides the closed flag).
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Mapping
 from concurrent.futures import Future
 from typing import Any
@@ -117,8 +118,10 @@ class Admin:
             names = schema.names if schema is not None else ["key"]
             if key_column not in names:
                 raise ValueError(f"key_column {key_column!r} is not a column of {names}")
+        # One id per call: if the controller restarts mid-call, Ray resends the call, which must find the
+        # topic this call created rather than fail with TopicAlreadyExistsError.
         self._transport.create_topic(name, partitions, replication_factor, config, schema_bytes, key_column,
-                                     timeout_s=self._timeout_s)
+                                     timeout_s=self._timeout_s, creation_id=uuid.uuid4().hex)
 
     def list_topics(self) -> list[str]:
         self._check_open()

@@ -45,7 +45,10 @@ class BaseTransport(abc.ABC):
     @abc.abstractmethod
     def create_topic(self, name: str, partitions: int | None, replication_factor: int | None,
                      config: dict[str, Any] | None = None, schema_bytes: bytes | None = None,
-                     key_column: str | None = None, timeout_s: float | None = None) -> TopicMetadata: ...
+                     key_column: str | None = None, timeout_s: float | None = None,
+                     creation_id: str | None = None) -> TopicMetadata:
+        """Create a topic; ``creation_id`` makes the call idempotent: the same id again (a retry) answers
+        with the topic it created instead of TopicAlreadyExistsError."""
 
     @abc.abstractmethod
     def delete_topic(self, name: str, timeout_s: float | None = None) -> None: ...

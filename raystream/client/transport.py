@@ -100,9 +100,10 @@ class RayTransport(BaseTransport):
 
     def create_topic(self, name: str, partitions: int | None, replication_factor: int | None,
                      config: dict[str, Any] | None = None, schema_bytes: bytes | None = None,
-                     key_column: str | None = None, timeout_s: float | None = None) -> TopicMetadata:
+                     key_column: str | None = None, timeout_s: float | None = None,
+                     creation_id: str | None = None) -> TopicMetadata:
         return self._call("create_topic", name, partitions, replication_factor, config, schema_bytes, key_column,
-                          timeout_s=timeout_s)
+                          creation_id, timeout_s=timeout_s)
 
     def delete_topic(self, name: str, timeout_s: float | None = None) -> None:
         self._call("delete_topic", name, timeout_s=timeout_s)

@@ -44,6 +44,9 @@ class TopicState:
     key_column: str | None
     partitions: dict[int, PartitionState]
     schema_id: int = 0  # bumped by every schema evolution
+    #: The id of the create_topic call that made it: a retry of that call (Ray resends a call to a restarted
+    #: controller) finds its own topic rather than TopicAlreadyExistsError.
+    creation_id: str | None = None
 
     def to_metadata(self) -> TopicMetadata:
         parts = tuple(self.partitions[p] for p in sorted(self.partitions))
@@ -73,7 +76,7 @@ class ClusterMetadata:
             self.brokers[record["id"]] = BrokerInfo(record["id"], record["node"], record["data_dir"], log_dir)
         elif kind == "topic":
             topic = TopicState(record["name"], dict(record["config"]), record.get("schema"),
-                               record.get("key_column"), {})
+                               record.get("key_column"), {}, creation_id=record.get("creation_id"))
             self.topics[topic.name] = topic
             self._add_partitions(topic, record["assignment"])
         elif kind == "partitions":
@@ -118,9 +121,9 @@ class ClusterMetadata:
 
     @staticmethod
     def topic_record(name: str, config: dict[str, Any], schema: bytes | None, key_column: str | None,
-                     assignment: dict[int, tuple[int, ...]]) -> dict[str, Any]:
+                     assignment: dict[int, tuple[int, ...]], creation_id: str | None = None) -> dict[str, Any]:
         return {"t": "topic", "name": name, "config": config, "schema": schema, "key_column": key_column,
-                "assignment": {p: list(r) for p, r in assignment.items()}}
+                "assignment": {p: list(r) for p, r in assignment.items()}, "creation_id": creation_id}
 
     @staticmethod
     def partition_record(state: PartitionState, leader: int, epoch: int, isr: tuple[int, ...],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -168,6 +169,41 @@ def test_controller_is_pinned_and_survives_restart(three_nodes, wait_for):
              timeout_s=60, message="the controller's new incarnation")
     wait_for(lambda: ray.get(controller.list_topics.remote(), timeout=5) == topics, timeout_s=60,
              message="controller restart")
+
+
+def test_create_topic_resent_to_a_restarted_controller_finds_its_own_topic(three_nodes, wait_for):
+    """The controller dies after recording a new topic, while it still creates the replicas: Ray resends
+    the call to the new incarnation, which must answer with that topic (not TopicAlreadyExistsError) and
+    finish its replicas."""
+    controller = ray.get_actor(controller_actor_name(CLUSTER), namespace=ACTOR_NAMESPACE)
+    old_pid = ray.get(controller.__ray_call__.remote(lambda _self: os.getpid()))
+    outcome: list = []
+    creating = threading.Thread(target=lambda: outcome.append(_attempt(
+        lambda: rs.Admin().create_topic("resent", partitions=12, replication_factor=3))))
+    creating.start()
+    wait_for(lambda: "resent" in ray.get(controller.list_topics.remote(), timeout=5), timeout_s=60,
+             interval_s=0.01, message="the topic recorded")
+    ray.kill(controller, no_restart=False)
+    wait_for(lambda: ray.get(controller.__ray_call__.remote(lambda _self: os.getpid()), timeout=5) != old_pid,
+             timeout_s=60, message="the controller's new incarnation")
+    creating.join(120)
+    assert outcome == [None]
+    described = rs.Admin().describe_topic("resent")
+    assert len(described.partitions) == 12
+    wait_for(lambda: all(p.leader is not None and len(p.isr) == 3
+                         for p in rs.Admin().describe_topic("resent").partitions), timeout_s=60,
+             message="every partition led, with its three replicas in sync")
+    with pytest.raises(rs.errors.TopicAlreadyExistsError):  # another call (a new id) still may not create it
+        rs.Admin().create_topic("resent", partitions=1, replication_factor=1)
+
+
+def _attempt(call):
+    """None if ``call`` succeeds, else the exception it raised."""
+    try:
+        call()
+    except BaseException as exc:  # reported to the test thread
+        return exc
+    return None
 
 
 def test_acks_all_fails_when_isr_is_below_min_insync(three_nodes, wait_for):

@@ -207,7 +207,7 @@ class FakeTransport(BaseTransport):
     def create_topic(self, name: str, partitions: int | None, replication_factor: int | None,
                      config: dict | None = None,
                      schema_bytes: bytes | None = None, key_column: str | None = None,
-                     timeout_s: float | None = None) -> TopicMetadata:
+                     timeout_s: float | None = None, creation_id: str | None = None) -> TopicMetadata:
         with self.lock:
             self.calls.append(("create_topic", name, partitions, replication_factor, config, schema_bytes, key_column))
             if name in self.topics:
