@@ -93,9 +93,8 @@ def parse_request(frame: bytes, supported: Mapping[int, tuple[int, int]]) -> Req
     except Exception as exc:  # kio raises ValueError, IndexError, struct.error, UnicodeDecodeError, ...
         raise InvalidRequestError(f"malformed API key {api_key} v{api_version} request: "
                                   f"{type(exc).__name__}: {exc}") from None
-    if offset + size != len(frame):
-        raise InvalidRequestError(f"API key {api_key} v{api_version} request has "
-                                  f"{len(frame) - offset - size} bytes after its body")
+    # Bytes after the body are ignored, as Kafka's broker ignores them: librdkafka's Metadata v12 request
+    # for all topics carries three (a tagged-field section kio has already read past).
     return Request(api_key, api_version, correlation_id, getattr(header, "client_id", None), body)
 
 
