@@ -106,12 +106,16 @@ class Gateway:
             await self._server.serve_forever()
 
     async def close(self) -> None:
+        """Stop listening, end every connection, and return once they are gone. Connections end first:
+        ``wait_closed`` waits for every open connection (Python 3.11.5+, 3.12.1+), so with a client still
+        connected it would never return."""
         if self._server is not None:
             self._server.close()
-            await self._server.wait_closed()
         for task in list(self._connections):
             task.cancel()
         await asyncio.gather(*self._connections, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
 
     async def _serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
