@@ -9,6 +9,7 @@ notebook, the CLI and a Ray Data job share one cluster.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,8 @@ import ray
 
 from raystream import errors, handles
 from raystream.core.names import validate_cluster_name
+
+log = logging.getLogger(__name__)
 
 _current: ClusterHandle | None = None
 
@@ -133,11 +136,30 @@ def stop(handle: ClusterHandle) -> None:
                     continue
                 refs.append(actor.shutdown.remote())
                 actors.append(actor)
-    ray.get(refs)
+    _wait_for_shutdowns(refs, timeout_s=REPLICA_SHUTDOWN_TIMEOUT_S)
     for actor in actors:
         ray.kill(actor, no_restart=True)
     ray.kill(handle.controller, no_restart=True)
     _stop_broker_agents(handle.cluster)
+
+
+#: How long ``stop`` waits for replicas to close their logs before killing them anyway.
+REPLICA_SHUTDOWN_TIMEOUT_S = 60.0
+
+
+def _wait_for_shutdowns(refs: list, timeout_s: float) -> None:
+    """Wait (bounded) for the replicas' shutdown calls. A replica that cannot answer (its node died, it is
+    restarting) is logged and killed like the rest: its log recovers on its next start, as after a crash."""
+    ready, pending = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+    failed = len(pending)
+    for ref in ready:
+        try:
+            ray.get(ref)
+        except ray.exceptions.RayActorError:  # ActorDiedError, ActorUnavailableError
+            failed += 1
+    if failed:
+        log.warning("stop: %d of %d replicas did not close their logs (node gone or replica restarting); "
+                    "their logs recover when they start again", failed, len(refs))
 
 
 def _stop_broker_agents(cluster: str, timeout_s: float = 10.0) -> None:
