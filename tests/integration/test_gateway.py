@@ -42,6 +42,10 @@ def test_kafka_python_and_raystream_clients_read_each_others_records(gateway, to
     assert sorted((r.key, r.value, r.timestamp) for r in got) == sorted(
         (b"k%d" % i, b"kafka-%d" % i, 1_700_000_000_000 + i) for i in range(100))
     assert list({r.key: r.headers for r in got}[b"k7"]) == [("h", b"7")]
+    # And Ray Data reads them as a dataset (one task per partition), the same records as Arrow columns.
+    rows = pa.concat_tables(rs.data.read_topic(topic_name, cluster="it").iter_batches(batch_format="pyarrow"))
+    assert sorted(zip(rows["key"].to_pylist(), rows["value"].to_pylist(), rows["timestamp"].to_pylist(),
+                      strict=True)) == sorted((b"k%d" % i, b"kafka-%d" % i, 1_700_000_000_000 + i) for i in range(100))
 
     with rs.Producer(acks="all") as ours:
         ours.send_batch(topic_name, pa.table({"value": [b"arrow-%d" % i for i in range(20)]}), partition=1).result(30)
