@@ -108,3 +108,18 @@ def test_security_config_loads_a_raystream_yaml_gateway_section(tmp_path):
     assert config.tls.certfile == str(tmp_path / "missing.pem")
     with pytest.raises(InvalidConfigurationError, match="certificate"):
         config.ssl_context()
+
+
+def test_the_credential_command_prints_an_entry_the_config_reads(tmp_path):
+    import yaml
+    from click.testing import CliRunner
+
+    from raystream.cli import main
+
+    result = CliRunner().invoke(main, ["gateway-credential", "bob", "--mechanism", "scram-sha-512"],
+                                input="s3cret\ns3cret\n")
+    assert result.exit_code == 0, result.output
+    entry = yaml.safe_load(result.output[result.output.index('"bob"'):])
+    config = SecurityConfig.from_mapping({"protocol": "SASL_PLAINTEXT", "sasl": {"users": entry}})
+    assert _scram_login("SCRAM-SHA-512", config.users, "bob", "s3cret").username == "bob"
+    assert "s3cret" not in result.output  # neither echoed nor kept
