@@ -7,6 +7,10 @@ delta, key, value, headers). Decoding checks magic and CRC and gives each batch'
 table the replicas append (``key``, ``value``, ``headers``, ``_timestamp`` in ms); encoding turns the
 Arrow batches a fetch returns back into Kafka batches, one per stored batch.
 
+Decoding is vectorised too (the produce hot path, :mod:`raystream.gateway.record_decoder`): only the chain of
+record lengths is walked in Python, one varint per record; the other fields are read with numpy over all
+the records of a batch at once.
+
 Why not kio's record codec: it rounds timestamps to whole seconds and reads no compressed batches, and a
 Kafka bridge must keep every millisecond.
 
@@ -37,9 +41,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from raystream.client.accumulator import PRODUCE_SCHEMA
 from raystream.errors import CorruptRecordError, InvalidRecordError
-from raystream.record import HEADER_TYPE, OFFSET_COLUMN, TIMESTAMP_COLUMN
+from raystream.gateway.record_decoder import decode_records
+from raystream.record import OFFSET_COLUMN, TIMESTAMP_COLUMN
 
 MAGIC = 2
 #: Bytes before the CRC-covered part: base offset (8), batch length (4), leader epoch (4), magic (1), crc (4).
@@ -112,7 +116,7 @@ def decode_batches(data: bytes, max_decompressed_bytes: int = MAX_DECOMPRESSED_B
         if codec:
             body = memoryview(decompress(codec, body, budget))
             budget -= len(body)
-        records = _decode_records(body, count, base_ts)
+        records = decode_records(body, count, base_ts)
         out.append(KafkaBatch(base_offset, leader_epoch, attributes, last_delta, base_ts, max_ts, pid, epoch,
                               base_seq, records))
         position = end
@@ -194,65 +198,6 @@ def compress(codec: int | str, body: bytes | memoryview) -> bytes:
     if name not in COMPRESSION_CODECS or name == "none":
         raise UnsupportedCompressionError(f"no Kafka compression codec {codec!r}", codec=codec)
     return pa.compress(body, codec=name, asbytes=True)
-
-
-def _decode_records(body: memoryview, count: int, base_timestamp: int) -> pa.RecordBatch:
-    keys, values, headers, timestamps = [], [], [], []
-    reader = _Reader(body)
-    try:
-        for _ in range(count):
-            length = reader.varint()
-            end = reader.position + length
-            reader.position += 1  # record attributes: unused by Kafka
-            timestamps.append(base_timestamp + reader.varint())
-            reader.varint()  # offset delta: raystream assigns consecutive offsets, as Kafka's leader does
-            keys.append(reader.bytes_or_none())
-            values.append(reader.bytes_or_none())
-            record_headers = []
-            for _ in range(reader.varint()):
-                key = reader.bytes_or_none()
-                record_headers.append({"key": None if key is None else bytes(key).decode(),
-                                       "value": reader.bytes_or_none()})
-            headers.append(record_headers)
-            if reader.position != end:
-                raise CorruptRecordError("record length does not match its fields")
-    except (IndexError, UnicodeDecodeError, struct.error) as exc:
-        raise CorruptRecordError(f"undecodable record: {exc}") from None
-    if reader.position != len(body):
-        raise CorruptRecordError("record batch holds bytes after its last record")
-    return pa.RecordBatch.from_arrays(
-        [pa.array(keys, pa.binary()), pa.array(values, pa.binary()), pa.array(headers, HEADER_TYPE),
-         pa.array(timestamps, pa.int64())], schema=PRODUCE_SCHEMA)
-
-
-class _Reader:
-    __slots__ = ("data", "position")
-
-    def __init__(self, data: memoryview) -> None:
-        self.data, self.position = data, 0
-
-    def varint(self) -> int:
-        """A zigzag varint (Kafka's signed varint / varlong)."""
-        shift = result = 0
-        while True:
-            byte = self.data[self.position]
-            self.position += 1
-            result |= (byte & 0x7F) << shift
-            if not byte & 0x80:
-                return (result >> 1) ^ -(result & 1)
-            shift += 7
-            if shift > 63:
-                raise CorruptRecordError("varint longer than 10 bytes")
-
-    def bytes_or_none(self) -> bytes | None:
-        length = self.varint()
-        if length < 0:
-            return None
-        start = self.position
-        self.position += length
-        if self.position > len(self.data):
-            raise CorruptRecordError("field runs past the end of its record")
-        return bytes(self.data[start:self.position])
 
 
 # -- encoding (fetch responses) ------------------------------------------------------------------------------
