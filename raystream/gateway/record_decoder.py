@@ -28,13 +28,15 @@ from raystream.record import HEADER_TYPE
 _HEADER_FIELDS = HEADER_TYPE.value_type
 _INLINE = np.arange(12)  # bytes a binary view holds inline
 _INT64_MAX = 2**63 - 1
+_PADDING = bytes(_INLINE.size)
 
 
 def decode_records(body: bytes | memoryview, count: int, base_timestamp: int) -> pa.RecordBatch:
     """The ``count`` records of a batch body as a ``PRODUCE_SCHEMA`` batch (``_timestamp``: base + delta)."""
-    data = bytes(body)
-    u = np.frombuffer(data, np.uint8)
-    starts, ends = _equal_record_bounds(u, count) or _record_bounds(data, count)
+    data = b"".join((body, _PADDING))  # one copy, padded so that every value's first 12 bytes can be read
+    padded = np.frombuffer(data, np.uint8)
+    u = padded[:len(body)]
+    starts, ends = _equal_record_bounds(u, count) or _record_bounds(data, count, len(body))
     position = starts + 1  # the record's attributes byte: unused by Kafka
     timestamp_deltas, position = _varints(u, position)
     _, position = _varints(u, position)  # offset delta: raystream assigns consecutive offsets, as Kafka does
@@ -46,16 +48,16 @@ def decode_records(body: bytes | memoryview, count: int, base_timestamp: int) ->
     if count and (int(timestamp_deltas.max()) > _INT64_MAX - base_timestamp
                   or int(timestamp_deltas.min()) < -_INT64_MAX - 1 - base_timestamp):
         raise CorruptRecordError("record timestamp out of the int64 range")
-    headers = _headers(data, header_counts, position, ends)
+    headers = _headers(data, header_counts, position, ends)  # reads never pass ``ends``: all <= len(body)
     with_headers = header_counts > 0
     if not np.array_equal(position[~with_headers], ends[~with_headers]):
         raise CorruptRecordError("record length does not match its fields")
     return pa.RecordBatch.from_arrays(
-        [_binary(u, key_starts, key_lengths), _binary(u, value_starts, value_lengths), headers,
+        [_binary(padded, key_starts, key_lengths), _binary(padded, value_starts, value_lengths), headers,
          pa.array(base_timestamp + timestamp_deltas, pa.int64())], schema=PRODUCE_SCHEMA)
 
 
-def _record_bounds(data: bytes, count: int) -> tuple[np.ndarray, np.ndarray]:
+def _record_bounds(data: bytes, count: int, size: int) -> tuple[np.ndarray, np.ndarray]:
     """Where each record's fields start (after its length varint) and where it ends; the records must fill
     the body exactly. The one loop over records: 1- and 2-byte lengths (records under 8 KiB) inline."""
     starts, ends = [0] * count, [0] * count
@@ -77,8 +79,8 @@ def _record_bounds(data: bytes, count: int) -> tuple[np.ndarray, np.ndarray]:
             ends[i] = position
     except IndexError:
         raise CorruptRecordError(f"undecodable record: the body ends inside record {i} of {count}") from None
-    if position != len(data):
-        raise CorruptRecordError("record batch holds bytes after its last record" if position < len(data) else
+    if position != size:
+        raise CorruptRecordError("record batch holds bytes after its last record" if position < size else
                                  "a record runs past the end of its batch")
     return np.array(starts, np.int64), np.array(ends, np.int64)
 
@@ -124,8 +126,8 @@ def _varints(u: np.ndarray, positions: np.ndarray) -> tuple[np.ndarray, np.ndarr
     """The zigzag varint starting at each position, and the position after it. A position at or past the end
     reads the last byte instead (the caller's end check then fails: positions only grow)."""
     last = len(u) - 1
-    if last < 0:
-        raise CorruptRecordError("undecodable record: empty body")
+    if last < 0:  # no records (the bounds refused any in an empty body)
+        return np.zeros(len(positions), np.int64), positions
     byte = u[np.minimum(positions, last)].astype(np.uint64)
     value = byte & 0x7F
     lengths = np.ones(len(positions), np.int64)
@@ -145,8 +147,9 @@ def _varints(u: np.ndarray, positions: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return signed, positions + lengths
 
 
-def _binary(u: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> pa.Array:
-    """A binary array of the byte ranges ``[start, start + length)`` of ``u`` (a negative length: null).
+def _binary(padded: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> pa.Array:
+    """A binary array of the byte ranges ``[start, start + length)`` of the body (a negative length: null);
+    ``padded`` is the body and 12 more bytes.
 
     Built as an Arrow binary-view array over ``u`` (16 bytes per element: the length, then the bytes inline
     when at most 12, else a 4-byte prefix, buffer 0 and the offset), which Arrow's cast copies into a plain
@@ -158,7 +161,8 @@ def _binary(u: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> pa.Array:
         raise CorruptRecordError("record batch body over 2 GiB")
     views = np.zeros((n, 16), np.uint8)
     views[:, 0:4] = sizes.view(np.uint8).reshape(n, 4)
-    head = u[np.minimum(starts[:, None] + _INLINE, len(u) - 1)]  # the first 12 bytes (or fewer)
+    # The first 12 bytes of each value: a row gather from a sliding-window view of the (padded) body.
+    head = np.lib.stride_tricks.sliding_window_view(padded, _INLINE.size)[starts]
     head[_INLINE[None, :] >= sizes[:, None]] = 0  # an inline value is zero-padded
     views[:, 4:16] = head
     long = sizes > _INLINE.size
@@ -167,7 +171,7 @@ def _binary(u: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> pa.Array:
         where[:, 1] = starts[long]
         views[long, 8:16] = where.view(np.uint8).reshape(-1, 8)
     validity = None if valid.all() else pa.py_buffer(np.packbits(valid, bitorder="little"))
-    array = pa.Array.from_buffers(pa.binary_view(), n, [validity, pa.py_buffer(views), pa.py_buffer(u)])
+    array = pa.Array.from_buffers(pa.binary_view(), n, [validity, pa.py_buffer(views), pa.py_buffer(padded)])
     return array.cast(pa.binary())
 
 

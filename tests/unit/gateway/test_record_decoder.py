@@ -177,3 +177,8 @@ def test_equal_size_records_take_the_stride_path_and_decode_the_same(count, size
         expected = "corrupt"
     got = outcome(decode_records, memoryview(bytes(mutated)), n, base_timestamp)
     assert got == expected if isinstance(expected, str) else (not isinstance(got, str) and got.equals(expected))
+
+
+def test_a_batch_of_no_records_is_empty():
+    assert decode_records(memoryview(b""), 0, 5).num_rows == 0
+    assert outcome(decode_records, memoryview(b""), 1, 5) == "corrupt"
