@@ -97,11 +97,15 @@ def body_of(data: bytes) -> tuple[memoryview, int, int]:
     return memoryview(data)[HEADER_BYTES:], count, base_timestamp
 
 
-def outcome(decode, body, count, base_timestamp):
+def outcome(decode, body, count, base_timestamp, **options):
     try:
-        return decode(body, count, base_timestamp)
+        return decode(body, count, base_timestamp, **options)
     except CorruptRecordError:
         return "corrupt"
+
+
+#: Each path of decode_records: record by record (few records), and vectorised (any number).
+PATHS = [{"few": 2**31}, {"few": 0}]
 
 
 @settings(max_examples=200, deadline=None)
@@ -111,6 +115,8 @@ def test_what_kafka_python_writes_decodes_as_the_per_record_decoder_did(records,
     (batch,) = decode_batches(data)
     plain = kafka_python_batch(records)
     assert batch.records.equals(reference_decode(*body_of(plain)))
+    for options in PATHS:
+        assert decode_records(*body_of(plain), **options).equals(batch.records)
     assert [(r["key"], r["value"], [(h["key"], h["value"]) for h in r["headers"]], r["_timestamp"])
             for r in batch.records.to_pylist()] == [(k, v, list(h), ts) for k, v, h, ts in records]
 
@@ -125,7 +131,9 @@ def test_what_encode_batch_writes_decodes_as_the_per_record_decoder_did(records,
         pa.array([[{"key": k, "value": v} for k, v in r[2]] for r in records], HEADER_TYPE)],
         names=["_offset", "_timestamp", "key", "value", "headers"])
     body, count, base_timestamp = body_of(encode_batch(table))
-    assert decode_records(body, count, base_timestamp).equals(reference_decode(body, count, base_timestamp))
+    for options in PATHS:
+        assert decode_records(body, count, base_timestamp, **options).equals(
+            reference_decode(body, count, base_timestamp))
 
 
 @settings(max_examples=400, deadline=None)
@@ -144,21 +152,27 @@ def test_mutated_bodies_are_accepted_or_refused_as_the_per_record_decoder_did(re
             expected = "corrupt"
         except (OverflowError, pa.ArrowInvalid):  # the old decoder's overflow: now a corrupt record
             expected = "corrupt"
-        got = outcome(decode_records, memoryview(candidate), n, base_timestamp)
-        assert got == expected if isinstance(expected, str) else (not isinstance(got, str) and got.equals(expected))
+        for options in PATHS:
+            got = outcome(decode_records, memoryview(candidate), n, base_timestamp, **options)
+            assert got == expected if isinstance(expected, str) else (not isinstance(got, str)
+                                                                      and got.equals(expected))
 
 
 def test_long_varints_and_negative_lengths():
     # A 10-byte key length of -1 (null), a 3-byte record length, and a 10-byte varint past 64 bits.
     records = [(b"k", b"v" * 9_000, [("h", None)], 5)]
     body, count, base_timestamp = body_of(kafka_python_batch(records))
-    assert decode_records(body, count, base_timestamp).equals(reference_decode(body, count, base_timestamp))
     record = b"\x00" + b"\x00" + b"\x00" + b"\x81" + b"\x80" * 8 + b"\x01" + b"\x02v" + b"\x00"
-    framed = bytes([len(record) * 2]) + record
-    assert decode_records(memoryview(framed), 1, 0).to_pylist() == [
-        {"key": None, "value": b"v", "headers": [], "_timestamp": 0}]
-    overflowing = b"\x00\x00\x00" + b"\x80" * 9 + b"\x7f" + b"\x02v\x00"
-    assert outcome(decode_records, memoryview(bytes([len(overflowing) * 2]) + overflowing), 1, 0) == "corrupt"
+    framed = memoryview(bytes([len(record) * 2]) + record)
+    # A key length past 64 bits: Python's integers read it (as the old decoder did), a negative one: null.
+    wide = b"\x00\x00\x00" + b"\xff" * 9 + b"\x7f" + b"\x02v\x00"
+    wide_framed = memoryview(bytes([len(wide) * 2]) + wide)
+    for options in PATHS:
+        assert decode_records(body, count, base_timestamp, **options).equals(
+            reference_decode(body, count, base_timestamp))
+        assert decode_records(framed, 1, 0, **options).to_pylist() == [
+            {"key": None, "value": b"v", "headers": [], "_timestamp": 0}]
+        assert decode_records(wide_framed, 1, 0, **options).equals(reference_decode(wide_framed, 1, 0))
 
 
 @settings(max_examples=150, deadline=None)
@@ -175,8 +189,9 @@ def test_equal_size_records_take_the_stride_path_and_decode_the_same(count, size
         expected = reference_decode(memoryview(bytes(mutated)), n, base_timestamp)
     except (CorruptRecordError, OverflowError, pa.ArrowInvalid):
         expected = "corrupt"
-    got = outcome(decode_records, memoryview(bytes(mutated)), n, base_timestamp)
-    assert got == expected if isinstance(expected, str) else (not isinstance(got, str) and got.equals(expected))
+    for options in PATHS:
+        got = outcome(decode_records, memoryview(bytes(mutated)), n, base_timestamp, **options)
+        assert got == expected if isinstance(expected, str) else (not isinstance(got, str) and got.equals(expected))
 
 
 def test_a_batch_of_no_records_is_empty():
