@@ -70,6 +70,9 @@ class GatewayContext:
     port: int
     cluster_id: str
     peers: Peers = no_peers
+    #: This connection's produce requests per partition on their way to the leader, in the order the client
+    #: sent them (requests are handled concurrently: see raystream.gateway.produce_queue).
+    produce_order: dict[Any, Any] = dataclasses.field(default_factory=dict, compare=False)
 
     def brokers(self) -> dict[int, tuple[str, int]]:
         """Every gateway a client may reach, by Kafka node id: the known peers and this gateway."""

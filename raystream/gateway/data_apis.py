@@ -23,6 +23,7 @@ are awaited futures of the client transport.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -61,6 +62,7 @@ from raystream.errors import (
 from raystream.gateway.control_records import encode_control_batch
 from raystream.gateway.framing import Request
 from raystream.gateway.json_values import records_from_rows, rows_from_records
+from raystream.gateway.produce_queue import PartitionQueue
 from raystream.gateway.records import (
     CONTROL,
     TRANSACTIONAL,
@@ -159,6 +161,13 @@ async def _produce_partition(ctx: Any, topic: str, partition: int, records: byte
     out: dict[str, Any] = {"index": partition, "error_code": ErrorCode.none, "base_offset": -1,
                            "log_append_time": -1, "log_start_offset": -1, "record_errors": [],
                            "error_message": None}
+    # Its place in the partition's queue is taken before the first await, so in the order the requests
+    # arrived (tasks start in creation order): see raystream.gateway.produce_queue.
+    tp = TopicPartition(topic, partition)
+    queue = ctx.produce_order.get(tp)
+    if queue is None:
+        queue = ctx.produce_order[tp] = PartitionQueue(functools.partial(_submit_produce, ctx, tp))
+    entry = queue.reserve()
     try:
         meta, leader, epoch = await _leader(ctx, topic, partition)
         batches = decode_batches(records or b"")
@@ -176,17 +185,30 @@ async def _produce_partition(ctx: Any, topic: str, partition: int, records: byte
                     pa.Table.from_batches([b.records for b in batches]).combine_chunks().to_batches()[0])
             if meta.schema_bytes is not None:  # an Arrow-native topic: each value is a row as JSON
                 data = rows_from_records(data, meta.schema, topic)
-            result = await asyncio.wrap_future(ctx.transport.produce(
-                TopicPartition(topic, partition), leader, data, acks, timeout_ms, leader_epoch=epoch,
-                producer_id=first_batch.producer_id, producer_epoch=first_batch.producer_epoch,
-                base_sequence=first_batch.base_sequence if first_batch.producer_id >= 0 else -1,
-                transactional=bool(first_batch.attributes & TRANSACTIONAL)))
+            entry.fill(data, leader=leader, leader_epoch=epoch, acks=acks, timeout_ms=timeout_ms,
+                       producer_id=first_batch.producer_id, producer_epoch=first_batch.producer_epoch,
+                       base_sequence=first_batch.base_sequence if first_batch.producer_id >= 0 else -1,
+                       transactional=bool(first_batch.attributes & TRANSACTIONAL))
+            queue.pump()
+            result = await entry.result
             out.update(base_offset=result.base_offset, log_append_time=result.log_append_time,
                        log_start_offset=result.log_start_offset)
     except Exception as exc:  # one partition's failure is that partition's error code
         await _forget_on_stale(ctx, topic, exc)
         out.update(error_code=error_code(exc), error_message=str(exc)[:500])
+    finally:
+        if not entry.filled:  # nothing to send (no records, or refused): it holds up no later request
+            entry.fill(None)
+            queue.pump()
+        if queue.idle and ctx.produce_order.get(tp) is queue:
+            del ctx.produce_order[tp]
     return out
+
+
+def _submit_produce(ctx: Any, tp: TopicPartition, records: pa.RecordBatch, *, leader: int, acks: int,
+                    timeout_ms: int, **fields: Any) -> Any:
+    """One append at the partition's leader (a future of its ProduceResult)."""
+    return ctx.transport.produce(tp, leader, records, acks, timeout_ms, **fields)
 
 
 async def fetch(request: Request, ctx: Any) -> Mapping[str, Any]:

@@ -1,8 +1,11 @@
 """The gateway's TCP server: Kafka clients connect here and speak the Kafka protocol.
 
-One asyncio task per connection reads frames and answers them in order, one request at a time, as
-Kafka's broker does (it mutes a connection until the response to its request is sent), so a client may
-pipeline requests and still gets responses in request order. Connections are independent.
+One asyncio task per connection reads frames and starts answering each at once, up to
+``max_in_flight_requests_per_connection`` ahead; a second task writes the answers in request order, as
+Kafka clients expect. (Kafka's broker handles one request of a connection at a time; a request here waits on
+Ray calls of a few milliseconds, so one at a time would hold a client that pipelines, as librdkafka does with
+linger.ms=0, to a few hundred requests a second.) Produce requests to one partition still reach its leader
+in the order the client sent them (:mod:`raystream.gateway.data_apis`). Connections are independent.
 
 Bad input never takes the server down: a frame that cannot be read (malformed, truncated, larger than
 ``socket_request_max_bytes``, an unknown API key) closes that connection; an unsupported version of
@@ -45,6 +48,8 @@ from raystream.gateway.framing import (
 from raystream.gateway.security import SecurityConfig
 
 log = logging.getLogger(__name__)
+#: Requests of one connection handled at once (read ahead of the answers still being computed).
+MAX_IN_FLIGHT_REQUESTS_PER_CONNECTION = 32
 
 
 class Gateway:
@@ -63,7 +68,12 @@ class Gateway:
                  socket_request_max_bytes: int = SOCKET_REQUEST_MAX_BYTES,
                  connections_max_idle_ms: int = 600_000, request_timeout_ms: int = 30_000,
                  metadata_max_age_ms: int = 300_000, peers: apis.Peers | None = None,
-                 security: SecurityConfig | None = None) -> None:
+                 security: SecurityConfig | None = None,
+                 max_in_flight_requests_per_connection: int = MAX_IN_FLIGHT_REQUESTS_PER_CONNECTION) -> None:
+        if max_in_flight_requests_per_connection < 1:
+            raise ValueError("max_in_flight_requests_per_connection must be >= 1, got "
+                             f"{max_in_flight_requests_per_connection!r}")
+        self.max_in_flight_requests_per_connection = max_in_flight_requests_per_connection
         self.transport = transport
         self.security = security or SecurityConfig()
         self._ssl = self.security.ssl_context()  # built now, so that bad TLS files fail the constructor
@@ -124,15 +134,17 @@ class Gateway:
         ctx = self.context()
         session = self._session(writer)
         sasl_apis.CURRENT.set(session)  # this task's context only: see sasl_apis.CURRENT
+        answers: asyncio.Queue = asyncio.Queue(self.max_in_flight_requests_per_connection)
+        responder = asyncio.create_task(self._respond_in_order(answers, writer))
+        reading = asyncio.create_task(self._read_requests(reader, ctx, session, answers, responder))
         try:
-            while not session.close_after_response:
-                frame = await self._next_frame(reader, session)
-                if frame is None:
-                    break
-                response = await self._answer(frame, ctx, session)
-                if response is not None:
-                    writer.write(response)
-                    await writer.drain()
+            # Until both end, or either fails: a failed answer ends the connection at once, without waiting for
+            # the client's next frame; a frame that cannot be read ends it without the answers still pending.
+            await asyncio.wait([reading, responder], return_when=asyncio.FIRST_EXCEPTION)
+            for part in (responder, reading):
+                if part.done():
+                    part.result()  # its exception, if it failed
+            await responder
         except (InvalidRequestError, UnsupportedVersionError, asyncio.TimeoutError) as exc:
             log.info("closing Kafka connection from %s: %s", peer, exc or type(exc).__name__)
         except (ConnectionError, asyncio.IncompleteReadError):
@@ -142,10 +154,41 @@ class Gateway:
         except Exception:  # a handler's bug must not end the server: this connection closes, others go on
             log.exception("closing Kafka connection from %s after an unexpected error", peer)
         finally:
+            reading.cancel()
+            responder.cancel()
+            while not answers.empty():  # requests read but not answered: the connection is going
+                pending = answers.get_nowait()
+                if pending is not None:
+                    pending.cancel()
             self._connections.discard(task)
             if session.close_after_response:
                 await self._linger(reader)
             writer.close()
+
+    async def _read_requests(self, reader: asyncio.StreamReader, ctx: apis.GatewayContext,
+                             session: sasl_apis.Session, answers: asyncio.Queue, responder: asyncio.Task) -> None:
+        """Read frames and start answering each at once, up to ``max_in_flight_requests_per_connection`` ahead
+        of the answers sent; ends with None in ``answers`` (the connection's end). Requests before SASL
+        authentication are answered one at a time, since each may change what the next one may do."""
+        while not session.close_after_response and not responder.done():
+            frame = await self._next_frame(reader, session)
+            if frame is None:
+                break
+            answer = asyncio.ensure_future(self._answer(frame, ctx, session))
+            await answers.put(answer)
+            if not session.authenticated:
+                await asyncio.wait([answer, responder], return_when=asyncio.FIRST_COMPLETED)
+        await answers.put(None)
+
+    @staticmethod
+    async def _respond_in_order(answers: asyncio.Queue, writer: asyncio.StreamWriter) -> None:
+        """Write each answer in request order, as Kafka clients expect; the first request that fails (a
+        malformed frame, a handler's bug) ends the connection, after the answers before it."""
+        while (answer := await answers.get()) is not None:
+            response = await answer
+            if response is not None:
+                writer.write(response)
+                await writer.drain()
 
     async def _linger(self, reader: asyncio.StreamReader) -> None:
         """After a refused authentication: let the client read the answer and close first (some clients drop
