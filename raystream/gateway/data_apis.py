@@ -44,6 +44,7 @@ from raystream.errors import (
     InvalidRecordError,
     InvalidReplicationFactorError,
     InvalidTopicError,
+    InvalidTxnStateError,
     LeaderNotAvailableError,
     NotEnoughReplicasError,
     NotLeaderError,
@@ -88,6 +89,7 @@ _ERROR_CODES: list[tuple[type[BaseException], ErrorCode]] = [
     (DuplicateSequenceError, ErrorCode.duplicate_sequence_number),
     (InvalidProducerEpochError, ErrorCode.invalid_producer_epoch),
     (ProducerFencedError, ErrorCode.producer_fenced),
+    (InvalidTxnStateError, ErrorCode.invalid_txn_state),
     (TopicAlreadyExistsError, ErrorCode.topic_already_exists),
     (InvalidTopicError, ErrorCode.invalid_topic_exception),
     (InvalidPartitionsError, ErrorCode.invalid_partitions),
@@ -105,6 +107,13 @@ _ERROR_CODES: list[tuple[type[BaseException], ErrorCode]] = [
     (TimeoutError, ErrorCode.request_timed_out),
     (asyncio.TimeoutError, ErrorCode.request_timed_out),  # a distinct class before Python 3.11
 ]
+
+
+def partition_errors(topics: Any, code: ErrorCode) -> list[Mapping[str, Any]]:
+    """The same error code for every partition of a request's ``topics`` (name, partitions with
+    partition_index): the answer of OffsetCommit and TxnOffsetCommit, which commit all or nothing."""
+    return [{"name": t.name, "partitions": [{"partition_index": p.partition_index, "error_code": code}
+                                            for p in t.partitions]} for t in topics]
 
 
 def error_code(exc: BaseException) -> ErrorCode:

@@ -18,7 +18,7 @@ from typing import Any
 
 from kio.schema.errors import ErrorCode
 
-from raystream.gateway.data_apis import error_code
+from raystream.gateway.data_apis import error_code, partition_errors
 from raystream.gateway.framing import Request
 from raystream.protocol import TopicPartition
 
@@ -42,9 +42,7 @@ async def offset_commit(request: Request, ctx: Any) -> Mapping[str, Any]:
                                 generation, offsets)
     except Exception as exc:  # every partition of the request gets the commit's error code
         code = error_code(exc)
-    return {"throttle_time": 0, "topics": [
-        {"name": t.name, "partitions": [{"partition_index": p.partition_index, "error_code": code}
-                                        for p in t.partitions]} for t in body.topics]}
+    return {"throttle_time": 0, "topics": partition_errors(body.topics, code)}
 
 
 async def offset_fetch(request: Request, ctx: Any) -> Mapping[str, Any]:

@@ -24,21 +24,12 @@ from typing import Any
 
 from kio.schema.errors import ErrorCode
 
-from raystream.errors import InvalidTxnStateError, ProducerFencedError
-from raystream.gateway.data_apis import error_code
+from raystream.gateway.data_apis import error_code, partition_errors
 from raystream.gateway.framing import Request
 from raystream.protocol import TopicPartition
 
 #: Kafka's transaction.timeout.ms default, for InitProducerId requests without one.
 DEFAULT_TRANSACTION_TIMEOUT_MS = 60_000
-
-
-def _code(exc: BaseException) -> ErrorCode:
-    if isinstance(exc, ProducerFencedError):
-        return ErrorCode.producer_fenced
-    if isinstance(exc, InvalidTxnStateError):
-        return ErrorCode.invalid_txn_state
-    return error_code(exc)
 
 
 async def _coordinator(ctx: Any, method: str, *args: Any) -> Any:
@@ -56,7 +47,7 @@ async def init_producer_id(request: Request, ctx: Any) -> Mapping[str, Any]:
             producer_id, producer_epoch = await _coordinator(ctx, "init_transactions", body.transactional_id,
                                                              timeout_ms)
     except Exception as exc:  # answered as Kafka's error code
-        return {"throttle_time": 0, "error_code": _code(exc), "producer_id": -1, "producer_epoch": -1}
+        return {"throttle_time": 0, "error_code": error_code(exc), "producer_id": -1, "producer_epoch": -1}
     return {"throttle_time": 0, "error_code": ErrorCode.none, "producer_id": producer_id,
             "producer_epoch": producer_epoch}
 
@@ -70,7 +61,7 @@ async def add_partitions_to_txn(request: Request, ctx: Any) -> Mapping[str, Any]
         await _coordinator(ctx, "add_partitions_to_txn", body.v3_and_below_transactional_id,
                            int(body.v3_and_below_producer_id), int(body.v3_and_below_producer_epoch), partitions)
     except Exception as exc:  # every partition of the request gets the coordinator's error code
-        code = _code(exc)
+        code = error_code(exc)
     return {"throttle_time": 0, "results_by_topic_v3_and_below": [
         {"name": t.name, "results_by_partition": [{"partition_index": p, "partition_error_code": code}
                                                   for p in t.partitions]} for t in topics]}
@@ -82,7 +73,7 @@ async def add_offsets_to_txn(request: Request, ctx: Any) -> Mapping[str, Any]:
         await _coordinator(ctx, "add_offsets_to_txn", body.transactional_id, int(body.producer_id),
                            int(body.producer_epoch), body.group_id, {})
     except Exception as exc:  # answered as Kafka's error code
-        return {"throttle_time": 0, "error_code": _code(exc)}
+        return {"throttle_time": 0, "error_code": error_code(exc)}
     return {"throttle_time": 0, "error_code": ErrorCode.none}
 
 
@@ -95,10 +86,8 @@ async def txn_offset_commit(request: Request, ctx: Any) -> Mapping[str, Any]:
         await _coordinator(ctx, "add_offsets_to_txn", body.transactional_id, int(body.producer_id),
                            int(body.producer_epoch), body.group_id, offsets)
     except Exception as exc:  # every partition of the request gets the coordinator's error code
-        code = _code(exc)
-    return {"throttle_time": 0, "topics": [
-        {"name": t.name, "partitions": [{"partition_index": p.partition_index, "error_code": code}
-                                        for p in t.partitions]} for t in body.topics]}
+        code = error_code(exc)
+    return {"throttle_time": 0, "topics": partition_errors(body.topics, code)}
 
 
 async def end_txn(request: Request, ctx: Any) -> Mapping[str, Any]:
@@ -107,7 +96,7 @@ async def end_txn(request: Request, ctx: Any) -> Mapping[str, Any]:
         await _coordinator(ctx, "end_txn", body.transactional_id, int(body.producer_id), int(body.producer_epoch),
                            bool(body.committed))
     except Exception as exc:  # answered as Kafka's error code
-        return {"throttle_time": 0, "error_code": _code(exc)}
+        return {"throttle_time": 0, "error_code": error_code(exc)}
     return {"throttle_time": 0, "error_code": ErrorCode.none}
 
 

@@ -66,3 +66,15 @@ def _delete_topics_created_by_the_test(request):
         import warnings
 
         warnings.warn(f"could not delete the test's topics: {exc!r}", stacklevel=1)
+
+
+@pytest.fixture
+def gateway(cluster):
+    """A Kafka gateway (raystream.gateway) on a free loopback port, in front of the shared cluster."""
+    from gateway_runner import RunningGateway
+
+    from raystream.client import context
+
+    running = RunningGateway(context.get_current())
+    yield running
+    running.close()

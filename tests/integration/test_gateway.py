@@ -8,21 +8,12 @@ import json
 
 import pyarrow as pa
 import pytest
-from gateway_runner import RunningGateway
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka import TopicPartition as KafkaTopicPartition
 
 import raystream as rs
-from raystream.client import context
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def gateway(cluster):
-    running = RunningGateway(context.get_current())
-    yield running
-    running.close()
 
 
 def test_kafka_python_and_raystream_clients_read_each_others_records(gateway, topic_name, wait_for):

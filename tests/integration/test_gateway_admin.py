@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import pyarrow as pa
 import pytest
-from gateway_runner import RunningGateway
 from kafka import KafkaAdminClient, KafkaConsumer
 from kafka import TopicPartition as KafkaTopicPartition
 from kafka.admin import ConfigResource, ConfigResourceType
@@ -17,16 +16,8 @@ from kafka.errors import OffsetOutOfRangeError
 
 import raystream as rs
 from raystream import errors
-from raystream.client import context
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def gateway(cluster):
-    running = RunningGateway(context.get_current())
-    yield running
-    running.close()
 
 
 @pytest.fixture

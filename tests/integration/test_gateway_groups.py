@@ -12,7 +12,6 @@ import pyarrow as pa
 import pytest
 from aiokafka import AIOKafkaConsumer
 from confluent_kafka import Consumer as ConfluentConsumer
-from gateway_runner import RunningGateway
 from kafka import KafkaConsumer
 from kafka.coordinator.assignors.abstract import (
     AbstractPartitionAssignor,
@@ -21,17 +20,9 @@ from kafka.coordinator.assignors.abstract import (
 )
 
 import raystream as rs
-from raystream.client import context
 
 pytestmark = pytest.mark.integration
 PARTITIONS = 6
-
-
-@pytest.fixture
-def gateway(cluster):
-    running = RunningGateway(context.get_current())
-    yield running
-    running.close()
 
 
 def _produce(topic: str, count: int) -> set[bytes]:

@@ -9,19 +9,10 @@ import time
 import pyarrow as pa
 import pytest
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
-from gateway_runner import RunningGateway
 
 import raystream as rs
-from raystream.client import context
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def gateway(cluster):
-    running = RunningGateway(context.get_current())
-    yield running
-    running.close()
 
 
 def _producer(gateway, transactional_id: str) -> Producer:
