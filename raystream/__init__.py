@@ -32,10 +32,10 @@ def __getattr__(name: str):
         from raystream import client
 
         return getattr(client, name)
-    if name == "data":  # Ray Data integration: imports ray.data, so only on first use
+    if name in ("data", "streams"):  # Ray Data integration, stream processing: imported on first use
         import importlib
 
-        return importlib.import_module("raystream.data")
+        return importlib.import_module(f"raystream.{name}")
     raise AttributeError(f"module 'raystream' has no attribute {name!r}")
 
 

@@ -83,6 +83,8 @@ class TopicDescription:
     partitions: list[PartitionInfo]
     config: dict[str, Any]
     schema: pa.Schema | None
+    #: The column keyed partitioning and compaction use, for an Arrow-native topic.
+    key_column: str | None = None
 
 
 # -- metadata (controller → clients and replicas) -----------------------------------------------------------

@@ -191,7 +191,7 @@ class ReplicationControl:
         infos = await asyncio.gather(*(self._describe_partition(s) for s in
                                        (topic.partitions[p] for p in sorted(topic.partitions))))
         meta = topic.to_metadata()
-        return TopicDescription(name, list(infos), dict(topic.config), meta.schema)
+        return TopicDescription(name, list(infos), dict(topic.config), meta.schema, meta.key_column)
 
     async def _describe_partition(self, state: PartitionState) -> PartitionInfo:
         node = {b: info.node_id for b, info in self.metadata.brokers.items()}

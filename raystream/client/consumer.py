@@ -33,6 +33,7 @@ from raystream.client.base import BaseTransport
 from raystream.client.consumer_config import (
     ConsumerConfig,
     check_int,
+    check_poll_args,
     check_timeout,
     check_tp,
     commit_offsets,
@@ -41,8 +42,8 @@ from raystream.client.consumer_config import (
 )
 from raystream.client.convert import (
     arrow_table,
+    checked_selection,
     output_schema,
-    requested_columns,
     to_arrow,
     to_records,
     user_schema,
@@ -273,9 +274,7 @@ class Consumer:
         """Up to ``max_records`` (default ``max_poll_records``) records, waiting up to ``timeout`` s for
         some. Headers are lists of ``(key, value)`` tuples."""
         self._check_open()
-        timeout = check_timeout("timeout", timeout)
-        if max_records is not None:
-            check_int("max_records", max_records, 1)
+        timeout = check_poll_args(timeout, max_records)
         self._fetcher.columns = {}
         self._fetcher.row_filter = None
         records: list[Record] = []
@@ -293,14 +292,12 @@ class Consumer:
         ``pyarrow.compute.Expression`` over the user columns (and ``_offset`` / ``_timestamp``), evaluated
         inside the partition replicas, so rows it rejects never cross Ray; positions still move past them."""
         self._check_open()
-        timeout = check_timeout("timeout", timeout)
-        if max_records is not None:
-            check_int("max_records", max_records, 1)
+        timeout = check_poll_args(timeout, max_records)
         if filter is not None and not isinstance(filter, pc.Expression):
             raise TypeError(f"filter must be a pyarrow.compute.Expression, got {type(filter).__name__}")
         self._fetcher.row_filter = filter
-        selection = self._selection(columns)
         metas = {tp.topic: self._metadata.get(tp.topic) for tp in self._subscriptions.states}
+        selection = checked_selection(columns, [user_schema(m) for m in metas.values()])
         self._fetcher.columns = ({} if selection is None else
                                  {t: tuple(c for c in selection if c in user_schema(m).names)
                                   for t, m in metas.items()})
@@ -308,17 +305,20 @@ class Consumer:
                   for tp, batch in self._poll(timeout, max_records)]
         return arrow_table(pieces, output_schema(list(metas.values()), selection))
 
-    def _selection(self, columns: Any) -> tuple[str, ...] | None:
-        wanted = requested_columns(columns)
-        if wanted is None:
-            return None
-        known = set()
-        for topic in {tp.topic for tp in self._subscriptions.states}:
-            known.update(user_schema(self._metadata.get(topic)).names)
-        unknown = [c for c in wanted if c not in known]
-        if unknown and self._subscriptions.states:
-            raise ValueError(f"unknown columns {unknown}; the assigned topics have {sorted(known)}")
-        return wanted
+    def poll_arrow_partitions(self, timeout: float = 1.0, max_records: int | None = None
+                              ) -> dict[TopicPartition, pa.Table]:
+        """The buffered records per partition (Kafka's ``ConsumerRecords.records(tp)``, columnar): each
+        table holds ``topic``, ``partition``, ``offset``, ``timestamp`` and every user column of its topic, so
+        topics of different schemas can be read by one consumer (``poll_arrow`` needs one schema for all).
+        Partitions appear in the order their records were fetched; a table's offsets ascend."""
+        self._check_open()
+        timeout = check_poll_args(timeout, max_records)
+        self._fetcher.row_filter = None
+        self._fetcher.columns = {}
+        pieces: dict[TopicPartition, list[pa.RecordBatch]] = {}
+        for tp, batch in self._poll(timeout, max_records):
+            pieces.setdefault(tp, []).append(to_arrow(tp, batch, None))
+        return {tp: pa.Table.from_batches(batches) for tp, batches in pieces.items()}
 
     def _poll(self, timeout: float | None, max_records: int | None) -> list[tuple[TopicPartition, pa.RecordBatch]]:
         deadline = None if timeout is None else time.monotonic() + timeout

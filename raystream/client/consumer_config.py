@@ -38,6 +38,13 @@ def check_timeout(name: str, value: Any) -> float | None:
     return float(value)
 
 
+def check_poll_args(timeout: Any, max_records: Any) -> float | None:
+    """A poll's ``timeout`` (seconds) and ``max_records`` (None or >= 1), checked; returns the timeout."""
+    if max_records is not None:
+        check_int("max_records", max_records, 1)
+    return check_timeout("timeout", timeout)
+
+
 def check_tp(tp: Any) -> TopicPartition:
     if not isinstance(tp, TopicPartition):
         raise TypeError(f"expected a TopicPartition, got {type(tp).__name__}")

@@ -37,6 +37,19 @@ def requested_columns(columns: Any) -> tuple[str, ...] | None:
     return tuple(dict.fromkeys(c for c in columns if c not in output and c not in SYSTEM_COLUMNS))
 
 
+def checked_selection(columns: Any, schemas: list[pa.Schema]) -> tuple[str, ...] | None:
+    """The user columns ``columns`` selects, each checked to be a column of one of ``schemas`` (the
+    assigned topics'; none assigned yet: anything goes)."""
+    wanted = requested_columns(columns)
+    if wanted is None or not schemas:
+        return wanted
+    known = {name for schema in schemas for name in schema.names}
+    unknown = [c for c in wanted if c not in known]
+    if unknown:
+        raise ValueError(f"unknown columns {unknown}; the assigned topics have {sorted(known)}")
+    return wanted
+
+
 def user_schema(meta: TopicMetadata) -> pa.Schema:
     """The user columns a topic's fetched batches carry."""
     return meta.schema if meta.schema is not None else RECORD_SCHEMA
