@@ -19,7 +19,6 @@ Thread-safety: define and run an App from one thread; ``status`` and ``query`` m
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import ray
@@ -62,6 +61,8 @@ class App:
                             producer_config=dict(producer_config or {}))
         self._cluster = cluster
         self._workers: list[Any] = []
+        self._next_worker = 0
+        self._num_cpus: float = 0
 
     # -- the dataflow ------------------------------------------------------------------------------------
     def stream(self, topics: str | list[str], *, key_serde: str | Serde = "bytes",
@@ -114,16 +115,39 @@ class App:
         if self._workers:
             raise RuntimeError(f"app {self.application_id!r} is already running; stop() it first")
         self.prepare_topics()
+        self._num_cpus = num_cpus
+        self._start_workers(num_workers, wait_ready_s)
+        return self
+
+    def scale(self, num_workers: int, *, wait_ready_s: float = 60.0) -> None:
+        """Run ``num_workers`` workers from now on: new ones join the group, stopped ones leave it; the
+        rebalance moves tasks (their state restores from the changelogs), never input data."""
+        if not isinstance(num_workers, int) or num_workers < 1:
+            raise ValueError(f"num_workers must be an int >= 1, got {num_workers!r}")
+        if not self._workers:
+            raise RuntimeError(f"app {self.application_id!r} is not running; run() it first")
+        if num_workers > len(self._workers):
+            self._start_workers(num_workers - len(self._workers), wait_ready_s)
+        while len(self._workers) > num_workers:
+            worker = self._workers.pop()
+            try:
+                ray.get(worker.stop.remote(wait_ready_s), timeout=wait_ready_s + 10)
+            finally:
+                ray.kill(worker, no_restart=True)
+
+    def _start_workers(self, count: int, wait_ready_s: float) -> None:
         config = self.streams_config()
         actor = ray.remote(StreamWorkerActor)
-        for i in range(num_workers):
-            name = worker_name(self.application_id, i)
-            self._workers.append(actor.options(
-                name=name, namespace=NAMESPACE, num_cpus=num_cpus, max_restarts=-1, max_concurrency=4,
-                scheduling_strategy="SPREAD").remote(self.topology, config, f"{i}"))
-        deadline = time.monotonic() + wait_ready_s
-        ray.get([w.ready.remote() for w in self._workers], timeout=max(1.0, deadline - time.monotonic()))
-        return self
+        new = []
+        for _ in range(count):
+            index = self._next_worker
+            self._next_worker += 1
+            new.append(actor.options(
+                name=worker_name(self.application_id, index), namespace=NAMESPACE, num_cpus=self._num_cpus,
+                max_restarts=-1, max_concurrency=4, scheduling_strategy="SPREAD",
+            ).remote(self.topology, config, f"{index}"))
+        self._workers.extend(new)
+        ray.get([w.ready.remote() for w in new], timeout=wait_ready_s)
 
     def prepare_topics(self) -> None:
         """Create repartition and changelog topics, and missing sink topics; check co-partitioning."""
